@@ -1,0 +1,1 @@
+"""Documents → instruction pairs: clean, scrub, segment, build pairs, split by document, check leakage."""

@@ -1,0 +1,43 @@
+"""Pair builders: each turns one document into instruction pairs with provenance.
+
+A builder is a function ``build(view, cfg, ctx) -> list[Pair]``; recipes select and weight them by
+the names below under ``data.builders``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lexlora.data.builders import (
+    clause_classification,
+    definitions,
+    icd10,
+    obligations,
+    section_qa,
+    summary,
+)
+from lexlora.data.builders.base import BuildContext, DocumentView
+from lexlora.data.pairs import Pair
+from lexlora.errors import LexloraError
+from lexlora.recipe import BuilderConfig
+
+Builder = Callable[[DocumentView, BuilderConfig, BuildContext], list[Pair]]
+
+BUILDERS: dict[str, Builder] = {
+    "definitions": definitions.build,
+    "section_qa": section_qa.build,
+    "obligations": obligations.build,
+    "clause_classification": clause_classification.build,
+    "summary": summary.build,
+    "icd_code_to_description": icd10.build_code_to_description,
+    "icd_description_to_code": icd10.build_description_to_code,
+    "icd_notes": icd10.build_notes,
+}
+
+
+def get_builder(name: str) -> Builder:
+    if name not in BUILDERS:
+        raise LexloraError(
+            f"data.builders: unknown builder '{name}'; expected one of: {', '.join(BUILDERS)}"
+        )
+    return BUILDERS[name]

@@ -1,0 +1,118 @@
+"""What every pair builder receives: a document view with cached segmentation, and the context."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from lexlora.corpora.document import Document
+from lexlora.data.pairs import flatten
+from lexlora.data.segment import (
+    Definition,
+    Section,
+    find_definitions,
+    segment_sections,
+    split_clauses,
+)
+from lexlora.errors import LexloraError
+from lexlora.recipe import BuilderConfig
+
+
+@dataclass
+class DocumentView:
+    """A cleaned, scrubbed document with its segmentation computed once, on first use."""
+
+    doc: Document
+
+    @property
+    def text(self) -> str:
+        return self.doc.text
+
+    @cached_property
+    def sections(self) -> list[Section]:
+        return segment_sections(self.doc.text)
+
+    @cached_property
+    def definitions(self) -> list[Definition]:
+        return find_definitions(self.doc.text)
+
+    @cached_property
+    def clauses(self) -> list[tuple[int, int]]:
+        return split_clauses(self.doc.text)
+
+    def excerpt(self, max_chars: int, start: int = 0) -> tuple[str, tuple[int, int]]:
+        """Whole clauses from ``start`` up to ``max_chars`` (flattened), and their span."""
+        return clause_excerpt(self.doc.text, split_clauses(self.doc.text, start), max_chars)
+
+
+@dataclass
+class BuildContext:
+    """Corpus-wide facts a builder may need, and seeded randomness per document and builder."""
+
+    system_prompt: str
+    seed: int
+    label_values: dict[str, list[str]] = field(default_factory=dict)
+
+    def rng(self, doc_id: str, builder: str) -> random.Random:
+        return random.Random(f"{self.seed}:{builder}:{doc_id}")
+
+
+def clause_excerpt(
+    text: str, clauses: Sequence[tuple[int, int]], max_chars: int
+) -> tuple[str, tuple[int, int]]:
+    """Join whole clauses while the flattened result fits in ``max_chars``.
+
+    The first clause is always kept (cut at a word boundary if it alone is too long), so the
+    excerpt is never empty when ``clauses`` is not. Returns the text and its span in ``text``.
+    """
+    if not clauses:
+        return "", (0, 0)
+    start, end = clauses[0]
+    parts = [flatten(text[start:end])]
+    if len(parts[0]) > max_chars:
+        cut = parts[0][:max_chars].rsplit(" ", 1)[0]
+        return cut, (start, start + _raw_length(text, start, len(cut)))
+    for s, e in clauses[1:]:
+        piece = flatten(text[s:e])
+        if sum(len(p) + 1 for p in parts) + len(piece) > max_chars:
+            break
+        parts.append(piece)
+        end = e
+    return " ".join(parts), (start, end)
+
+
+def _raw_length(text: str, start: int, flat_len: int) -> int:
+    """Number of raw characters from ``start`` that flatten to ``flat_len`` characters."""
+    seen, i, in_space = 0, start, False
+    while i < len(text) and seen < flat_len:
+        if text[i].isspace():
+            if not in_space:
+                seen += 1
+            in_space = True
+        else:
+            seen += 1
+            in_space = False
+        i += 1
+    return i - start
+
+
+def options(cfg: BuilderConfig, builder: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The builder's ``options`` merged over its defaults; an unknown option is a user error."""
+    unknown = sorted(set(cfg.options) - set(defaults))
+    if unknown:
+        raise LexloraError(
+            f"data.builders.{builder}.options: unknown option '{unknown[0]}'; "
+            f"expected one of: {', '.join(sorted(defaults)) or 'none'}"
+        )
+    return {**defaults, **cfg.options}
+
+
+def pick(rng: random.Random, items: Sequence[Any], k: int) -> list[Any]:
+    """Up to ``k`` items, seeded, kept in document order."""
+    if len(items) <= k:
+        return list(items)
+    chosen = sorted(rng.sample(range(len(items)), k))
+    return [items[i] for i in chosen]

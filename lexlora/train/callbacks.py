@@ -1,0 +1,102 @@
+"""Trainer callbacks: metrics file, progress bar with tokens/s, and Ctrl-C → checkpoint → exit."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from transformers import TrainerCallback
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Append every log (train loss, eval loss, learning rate, tokens seen) to ``metrics.jsonl``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
+        row["num_input_tokens_seen"] = state.num_input_tokens_seen
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class ProgressCallback(TrainerCallback):
+    """A rich progress bar: steps, last loss, tokens/s and time left."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress: Progress | None = None
+        self.task = None
+        self.start = 0.0
+        self.start_tokens = 0
+        self.loss = float("nan")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:.0f} tok/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            "train", total=state.max_steps, completed=state.global_step, loss=self.loss, tps=0.0
+        )
+        self.start, self.start_tokens = time.time(), state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is None:
+            return
+        elapsed = max(time.time() - self.start, 1e-6)
+        tps = (state.num_input_tokens_seen - self.start_tokens) / elapsed
+        self.progress.update(self.task, completed=state.global_step, loss=self.loss, tps=tps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is not None and logs:
+            self.loss = logs.get("loss", self.loss)
+            if "eval_loss" in logs:
+                self.progress.console.print(
+                    f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}"
+                )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+class InterruptCallback(TrainerCallback):
+    """First Ctrl-C: finish the current step, save a checkpoint and stop. Second: abort."""
+
+    def __init__(self):
+        self.interrupted = False
+        self._previous = None
+
+    def install(self) -> None:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            control.should_save = True
+            control.should_training_stop = True

@@ -1,0 +1,51 @@
+"""Training data: ``data/RECIPE/*.jsonl`` (chat ``messages``) → TRL prompt/completion rows.
+
+Every pair becomes ``{"prompt": [system, user], "completion": [assistant]}``. TRL applies the base
+model's chat template and computes the loss on the completion tokens only, for any base model (no
+``{% generation %}`` markers needed in its template).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from datasets import Dataset, load_dataset
+
+from lexlora.data.build import build_dataset, dataset_dir
+from lexlora.errors import LexloraError
+from lexlora.recipe import Recipe
+
+
+def ensure_dataset(recipe: Recipe, log=print) -> Path:
+    """The recipe's data folder, (re)built first when missing or built from another data recipe."""
+    folder = dataset_dir(recipe)
+    manifest_path = folder / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("data_hash") == recipe.data_hash():
+            return folder
+        log(f"data: {folder} was built from another data section; rebuilding")
+    else:
+        log(f"data: {folder} not found; building it first")
+    build_dataset(recipe)
+    return folder
+
+
+def to_prompt_completion(row: dict) -> dict:
+    messages = row["messages"]
+    if not messages or messages[-1]["role"] != "assistant":
+        raise LexloraError("data: every pair must end with an assistant message")
+    return {"prompt": messages[:-1], "completion": messages[-1:]}
+
+
+def load_split(folder: Path, split: str, limit: int | None = None, seed: int = 0) -> Dataset:
+    """One split as a prompt/completion dataset; ``limit`` keeps a seeded subset."""
+    path = folder / f"{split}.jsonl"
+    if not path.is_file() or path.stat().st_size == 0:
+        raise LexloraError(f"{path}: no {split} pairs; rebuild with `lexlora data`")
+    data = load_dataset("json", data_files=str(path), split="train")
+    data = data.map(to_prompt_completion, remove_columns=data.column_names)
+    if limit is not None and len(data) > limit:
+        data = data.shuffle(seed=seed).select(range(limit))
+    return data

@@ -1,0 +1,129 @@
+"""Load the base model and tokenizer for training, and wrap it with a (new or existing) LoRA."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from lexlora.errors import LexloraError
+from lexlora.models import quantization_for, resolve_base_model
+from lexlora.recipe import Recipe
+
+
+@dataclass
+class LoadedBase:
+    model: Any
+    tokenizer: PreTrainedTokenizerBase
+    path: str  # resolved directory or hub id
+    quantized: bool
+    description: str  # "4-bit NF4 ... on CUDA" / "full precision on CPU"
+    cuda: bool
+
+
+def load_base(recipe: Recipe) -> LoadedBase:
+    """Base model and tokenizer as the recipe asks (quantised on CUDA by ``auto``)."""
+    cuda = torch.cuda.is_available()
+    path = resolve_base_model(recipe.model.base)
+    quant, description = quantization_for(recipe.model.quantization, cuda)
+    kwargs: dict[str, Any] = {"dtype": _dtype(recipe.model.dtype, cuda)}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": 0} if cuda else {"": "cpu"}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise LexloraError(f"model.base '{recipe.model.base}': cannot load ({first})") from None
+    if recipe.model.chat_template:
+        template = Path(recipe.model.chat_template)
+        if not template.is_file():
+            raise LexloraError(f"model.chat_template: {template} not found")
+        tokenizer.chat_template = template.read_text(encoding="utf-8")
+    if tokenizer.chat_template is None:
+        raise LexloraError(
+            f"model.base '{recipe.model.base}' has no chat template; set model.chat_template "
+            "to a Jinja file"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if quant is not None:
+        disable_cpu_4bit_inference_kernel(model)
+    return LoadedBase(model, tokenizer, path, quant is not None, description, cuda)
+
+
+def _dtype(name: str, cuda: bool) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, name)
+
+
+def disable_cpu_4bit_inference_kernel(model: Any) -> int:
+    """Keep bitsandbytes 4-bit layers on the path that has a backward pass.
+
+    On CPUs with AVX512-BF16, the first no-grad forward (an evaluation) repacks ``Linear4bit``
+    weights for an inference-only kernel; LoRA gradients are then silently None and training
+    stops learning. Returns the number of layers changed.
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def lora_config(recipe: Recipe) -> LoraConfig:
+    return LoraConfig(
+        r=recipe.lora.rank,
+        lora_alpha=recipe.lora.alpha,
+        lora_dropout=recipe.lora.dropout,
+        target_modules=list(recipe.lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def check_target_modules(model: Any, targets: list[str]) -> None:
+    """Every ``lora.target_modules`` entry must name a linear layer of the base model."""
+    linear = sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) or type(module).__name__.startswith("Linear")
+        }
+    )
+    missing = [t for t in targets if t not in linear]
+    if missing:
+        raise LexloraError(
+            f"lora.target_modules: '{missing[0]}' is not a module of the base model; "
+            f"its linear modules are: {', '.join(linear)}"
+        )
+
+
+def prepare_for_training(base: LoadedBase, recipe: Recipe) -> tuple[Any, LoraConfig | None]:
+    """The model to hand to SFTTrainer and the PEFT config (None when continuing an adapter)."""
+    model = base.model
+    check_target_modules(model, recipe.lora.target_modules)
+    if base.quantized:
+        gc = recipe.train.gradient_checkpointing is not False
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
+    init = recipe.train.init_adapter
+    if init is None:
+        return model, lora_config(recipe)
+    folder = Path(init)
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise LexloraError(f"train.init_adapter: {folder} is not a PEFT adapter folder")
+    adapter_base = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    if adapter_base and Path(adapter_base).name != Path(base.path).name:
+        raise LexloraError(
+            f"train.init_adapter: {folder} was trained on '{adapter_base}', not on '{base.path}'"
+        )
+    return PeftModel.from_pretrained(model, str(folder), is_trainable=True), None

@@ -1,0 +1,212 @@
+"""``lexlora train RECIPE``: fit a LoRA adapter with TRL's SFTTrainer, reading top to bottom.
+
+1. data: build ``data/RECIPE`` if missing or stale;
+2. model: resolve the base, load it (4-bit NF4 on CUDA with ``quantization: auto``, full
+   precision on CPU) and say which;
+3. LoRA: a new adapter on ``lora.target_modules``, or continue ``train.init_adapter``;
+4. train with SFTTrainer (completion-only loss, packing), checkpointing; Ctrl-C saves and stops;
+5. evaluate the adapter and the base model on the held-out validation pairs;
+6. write ``adapter/`` atomically and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from transformers import EarlyStoppingCallback
+from transformers.trainer_callback import PrinterCallback
+from trl import SFTConfig, SFTTrainer
+
+from lexlora.errors import LexloraError
+from lexlora.io import write_json
+from lexlora.recipe import Recipe
+from lexlora.train.callbacks import InterruptCallback, MetricsFileCallback, ProgressCallback
+from lexlora.train.dataset import ensure_dataset, load_split
+from lexlora.train.model_setup import LoadedBase, load_base, prepare_for_training
+from lexlora.train.run_dir import (
+    latest_checkpoint,
+    latest_run_dir,
+    new_run_dir,
+    write_provenance,
+)
+
+
+@dataclass
+class TrainSummary:
+    run_dir: str
+    adapter_dir: str | None
+    interrupted: bool
+    steps: int
+    train_loss_first: float | None
+    train_loss_last: float | None
+    eval_loss_base: float | None
+    eval_loss_adapter: float | None
+    tokens_seen: int
+    wall_seconds: float
+    peak_rss_mb: float
+    peak_cuda_mb: float | None
+    precision: str
+
+
+def train(recipe: Recipe, resume: bool = False, console: Console | None = None) -> TrainSummary:
+    console = console or Console()
+    started = time.time()
+
+    checkpoint = None
+    if resume:
+        run_dir = latest_run_dir(recipe)
+        checkpoint = latest_checkpoint(run_dir)
+        console.print(f"resuming {run_dir} from {checkpoint.name}")
+
+    data_dir = ensure_dataset(recipe, log=console.print)
+    base = load_base(recipe)
+    console.print(f"model: {recipe.model.base} → {base.description}")
+    if not base.cuda:
+        console.print("no CUDA GPU: training on the CPU in full precision (float32)")
+    model, peft_config = prepare_for_training(base, recipe)
+
+    t = recipe.train
+    train_data = load_split(data_dir, "train")
+    eval_data = load_split(data_dir, "validation", limit=t.max_eval_samples, seed=t.seed)
+    if len(train_data) < t.batch_size:
+        raise LexloraError(
+            f"train.batch_size={t.batch_size} is larger than the {len(train_data)} training pairs"
+        )
+
+    if checkpoint is None:
+        run_dir = new_run_dir(recipe)
+        write_provenance(run_dir, recipe, data_dir)
+    console.print(f"run: {run_dir}")
+
+    interrupt = InterruptCallback()
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(recipe, run_dir, base),
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        processing_class=base.tokenizer,
+        peft_config=peft_config,
+        callbacks=_callbacks(recipe, run_dir, console, interrupt),
+    )
+    trainer.remove_callback(PrinterCallback)
+    interrupt.install()
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        interrupt.uninstall()
+
+    if interrupt.interrupted:
+        return _summary(trainer, run_dir, None, True, None, None, started, base)
+
+    adapter_metrics = trainer.evaluate()
+    with trainer.model.disable_adapter():
+        base_metrics = trainer.evaluate(metric_key_prefix="base")
+    adapter_dir = save_adapter(trainer, run_dir / "adapter")
+    summary = _summary(
+        trainer,
+        run_dir,
+        adapter_dir,
+        False,
+        base_metrics.get("base_loss"),
+        adapter_metrics.get("eval_loss"),
+        started,
+        base,
+    )
+    write_json(run_dir / "summary.json", asdict(summary))
+    return summary
+
+
+def sft_config(recipe: Recipe, run_dir: Path, base: LoadedBase) -> SFTConfig:
+    t = recipe.train
+    gradient_checkpointing = t.gradient_checkpointing
+    if gradient_checkpointing is None:
+        gradient_checkpointing = base.quantized
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    early_stopping = t.early_stopping_patience is not None
+    return SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        max_length=t.max_length,
+        packing=t.packing,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_ratio,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        logging_steps=t.logging_steps,
+        eval_strategy="steps",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=early_stopping,
+        metric_for_best_model="eval_loss" if early_stopping else None,
+        greater_is_better=False if early_stopping else None,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=base.cuda and torch.cuda.is_bf16_supported(),
+        fp16=False,
+        use_cpu=not base.cuda,
+        gradient_checkpointing=gradient_checkpointing,
+        optim="paged_adamw_8bit" if base.quantized and base.cuda else "adamw_torch",
+        report_to=["tensorboard"],
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def _callbacks(recipe, run_dir, console, interrupt) -> list:
+    callbacks = [MetricsFileCallback(run_dir / "metrics.jsonl"), ProgressCallback(console)]
+    if recipe.train.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(recipe.train.early_stopping_patience))
+    return [*callbacks, interrupt]
+
+
+def save_adapter(trainer: SFTTrainer, target: Path) -> Path:
+    """Write the final adapter (``adapter_model.safetensors`` + config) atomically."""
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=target.parent))
+    try:
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _summary(trainer, run_dir, adapter_dir, interrupted, base_loss, adapter_loss, started, base):
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    peak_cuda = torch.cuda.max_memory_allocated() / 2**20 if base.cuda else None
+    return TrainSummary(
+        run_dir=str(run_dir),
+        adapter_dir=str(adapter_dir) if adapter_dir else None,
+        interrupted=interrupted,
+        steps=trainer.state.global_step,
+        train_loss_first=losses[0] if losses else None,
+        train_loss_last=losses[-1] if losses else None,
+        eval_loss_base=_finite(base_loss),
+        eval_loss_adapter=_finite(adapter_loss),
+        tokens_seen=int(trainer.state.num_input_tokens_seen),
+        wall_seconds=round(time.time() - started, 1),
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        peak_cuda_mb=round(peak_cuda, 1) if peak_cuda is not None else None,
+        precision=base.description,
+    )
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None

@@ -1,0 +1,125 @@
+"""Shared fixtures: a small folder of realistic contracts (with personal data) and recipe makers."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from lexlora.recipe import Recipe, validate_recipe
+
+CLAUSES = [
+    (
+        "Definitions",
+        '"Confidential Information" means any non-public information disclosed by either party, '
+        'including trade secrets and customer lists. "Effective Date" means the date first '
+        "written above.",
+    ),
+    (
+        "Payment",
+        "The Customer shall pay all fees within thirty (30) days of the invoice date. Late "
+        "payments bear interest at one percent per month.",
+    ),
+    (
+        "Confidentiality",
+        "The Recipient shall not disclose Confidential Information to any third party. The "
+        "Recipient may disclose Confidential Information to its employees who need to know it.",
+    ),
+    (
+        "Term and Termination",
+        "This Agreement begins on the Effective Date and continues for two years. Either party "
+        "may terminate this Agreement on sixty days written notice.",
+    ),
+    (
+        "Governing Law",
+        "This Agreement is governed by the laws of the State of New York. The courts of New "
+        "York County have exclusive jurisdiction over any dispute.",
+    ),
+    (
+        "Warranties",
+        "The Supplier warrants that the services will be performed in a professional manner. "
+        "The Supplier must correct any defective work at its own cost.",
+    ),
+    (
+        "Limitation of Liability",
+        "Neither party shall be liable for indirect or consequential damages. The total "
+        "liability of the Supplier is limited to the fees paid in the preceding twelve months.",
+    ),
+    (
+        "Assignment",
+        "The Customer may not assign this Agreement without the prior written consent of the "
+        "Supplier. Any attempted assignment in breach of this section is void.",
+    ),
+    (
+        "Notices",
+        "All notices must be sent in writing to the addresses set out in this Agreement. "
+        "Notices sent by email are effective on the next business day.",
+    ),
+    (
+        "Insurance",
+        "The Supplier shall maintain general liability insurance of at least one million "
+        "dollars. The Supplier must provide a certificate of insurance on request.",
+    ),
+    (
+        "Audit",
+        "The Customer may audit the Supplier's records once per year on reasonable notice. "
+        "The Supplier shall keep complete records for three years.",
+    ),
+    (
+        "Non-Solicitation",
+        "During the term the Supplier shall not solicit any employee of the Customer. This "
+        "restriction survives for twelve months after termination.",
+    ),
+]
+PEOPLE = ["Jane Doe", "John Smith", "Maria Garcia", "Wei Chen", "Amal Haddad", "Tom Brown"]
+
+
+def write_contract_folder(root: Path, n_docs: int = 18, seed: int = 0) -> Path:
+    """A folder of numbered contracts under ndas/, leases/ and services/, each naming a contact
+    with an email, a phone number and a street address (personal data the scrubber must remove)."""
+    rng = random.Random(seed)
+    kinds = ["ndas", "leases", "services"]
+    for i in range(n_docs):
+        kind = kinds[i % 3]
+        person = PEOPLE[i % len(PEOPLE)]
+        first, last = person.lower().split()
+        clauses = rng.sample(CLAUSES, 7)
+        lines = [f"{kind[:-1].upper()} AGREEMENT NO. {100 + i}", ""]
+        lines.append(
+            f"This agreement is made between Acme Corp and {person} "
+            f"({first}.{last}@example.com, tel. (555) 201-{1000 + i}), residing at "
+            f"{100 + i} Main Street, Springfield, IL 62704."
+        )
+        lines.append("")
+        for n, (heading, body) in enumerate(clauses, 1):
+            lines += [f"{n}. {heading}", "", f"   {body}", ""]
+        folder = root / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"contract_{i:02d}.txt").write_text("\n".join(lines), encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def contract_folder(tmp_path: Path) -> Path:
+    return write_contract_folder(tmp_path / "contracts")
+
+
+def folder_recipe(folder: Path, out: Path, **data_overrides) -> Recipe:
+    data = {
+        "corpus": "folder",
+        "path": str(folder),
+        "output_dir": str(out),
+        "clean": {"min_chars": 100, "near_duplicate_threshold": 0.95},
+        "builders": {
+            "definitions": {},
+            "section_qa": {},
+            "obligations": {},
+            "clause_classification": {},
+            "summary": {},
+        },
+        "split": {"validation": 0.17, "test": 0.17, "stratify_by": "category", "seed": 1},
+        "leakage": {"ngram": 8, "max_overlap": 1.0},  # shared clauses: templated on purpose
+    }
+    data.update(data_overrides)
+    return validate_recipe({"name": "contracts", "data": data})
