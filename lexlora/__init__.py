@@ -5,3 +5,8 @@ Stages, one package each: ``corpora`` (documents) → ``data`` (instruction pair
 """
 
 __version__ = "0.1.0"
+
+import logging as _logging
+
+# bitsandbytes warns on import that an optional CPU kernel package is missing; it is not needed.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)

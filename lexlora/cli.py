@@ -137,7 +137,7 @@ def print_data_summary(manifest: dict, out: Path) -> None:
 def main() -> None:
     """Entry point: user errors print one line and exit 2, never a traceback."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
     except LexloraError as exc:
         Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
@@ -149,6 +149,8 @@ def main() -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         Console(stderr=True).print("interrupted")
         sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

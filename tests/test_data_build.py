@@ -132,7 +132,7 @@ def test_bad_documents_are_skipped_and_counted(contract_folder, tmp_path):
 
 
 def test_unknown_builder_and_missing_folder_are_user_errors(contract_folder, tmp_path):
-    with pytest.raises(LexloraError, match="unknown builder 'defs'.*definitions"):
+    with pytest.raises(LexloraError, match=r"unknown builder 'defs'.*definitions"):
         build_dataset(folder_recipe(contract_folder, tmp_path, builders={"defs": {}}))
     with pytest.raises(LexloraError, match="not found"):
         build_dataset(folder_recipe(tmp_path / "nowhere", tmp_path))

@@ -66,7 +66,7 @@ def test_set_unknown_field_is_an_error():
 
 
 def test_bad_set_syntax():
-    with pytest.raises(LexloraError, match="expected KEY.PATH=VALUE"):
+    with pytest.raises(LexloraError, match=r"expected KEY\.PATH=VALUE"):
         load_recipe("legal_contracts", ["lora.rank"])
 
 

@@ -99,6 +99,7 @@ _VERBS = {"is", "are", "was", "were", "be", "been", "shall", "will", "may", "mus
 _PARA_BREAK = re.compile(r"\n(?:[ \t\r\f\v]*(?:[-=_*~#]{3,}[ \t\r\f\v]*)?(?:\n|$))+")
 _SENT_END = re.compile(r"(?<!\S)(?P<tok>\S*?)(?P<p>[.!?]+)[\"'”’)\]]*(?=\s|$)")
 _MARKER_TOK = re.compile(r"\(?(?:\d{1,3}(?:\.\d{1,3})*|[A-Za-z]|[ivxlcIVXLC]{1,6})")
+_LIST_LEAD_IN = re.compile(r"(?:[:;]|[;,][ \t]+(?:and|or))$")
 _LINE_PREFIX = re.compile(rf"[ \t]*(?:(?:{_KW})[ \t]*)?")
 _NEVER_END = {"e.g", "i.e", "viz", "cf", "mr", "mrs", "ms", "dr", "prof", "st", "no", "nos",
               "art", "arts", "sec", "secs", "sect", "fig", "vs", "v", "para", "paras", "pp",
@@ -242,6 +243,11 @@ def _place(stack: list[_Open], new: _Open) -> int:
         rank = _MAJOR.get(new.kind[0])
         while rank is not None and stack and _MAJOR.get(stack[-1].kind[0], 9) >= rank:
             stack.pop()
+        n = len(new.comps or ())
+        for idx, e in enumerate(stack):  # 13. closes an open 10.1 (same shape, as deep or deeper)
+            if n and e.comps and e.kind[0] == new.kind[0] and len(e.comps) >= n:
+                del stack[idx:]
+                break
         for idx in range(len(stack) - 1, -1, -1):  # 2.3.1 is a child of the open 2.3
             c = stack[idx].comps
             if new.comps and c and len(c) < len(new.comps) and new.comps[: len(c)] == c:
@@ -373,14 +379,14 @@ def segment_sections(text: str) -> list[Section]:
             head, nxt = _try_unnumbered(text, lines, i, m.start())
             if head is not None:
                 stack.clear()
-        if head is not None:
+        if head is None:
+            nxt = i + 1
+        else:
             heads.append(head)
-        i = nxt if head is not None else i + 1
-        if head is not None and head.body_start > lines[i - 1][1]:  # heading on its own line
-            para_start, prev_punct = True, False
-            continue
-        tail = text[slice(*lines[i - 1])].rstrip(" \t\"')]”’")
-        para_start, prev_punct = False, tail[-1:] in (".", ":", ";")
+        tail = text[slice(*lines[nxt - 1])].rstrip(" \t\"')]”’")
+        para_start = head is not None and head.body_start > lines[nxt - 1][1]  # own-line heading
+        prev_punct = not para_start and tail[-1:] in (".", ":", ";")
+        i = nxt
     return _close(text, heads)
 
 
@@ -389,12 +395,12 @@ def segment_sections(text: str) -> list[Section]:
 
 def _clause_ends_with_line(text: str, ls: int, le: int, first_line: bool, nxt: str) -> bool:
     """Whether a clause ends with line [ls, le): a heading without closing punctuation, or a
-    line ending in ``:``/``;`` before a list item (``nxt`` is the next line, or 'lower')."""
+    line ending in ``:``, ``;`` or ``; and`` before a list item (``nxt``: next line or 'lower')."""
     m = _NONSPACE.search(text, ls, le)
     line = text[ls:le].strip()
     if m is None or nxt == "lower":
         return False
-    if line[-1] in ":;":
+    if _LIST_LEAD_IN.search(line):
         return bool(_MARKER.match(nxt))
     if line[-1] in ".!?,":
         return False
@@ -464,8 +470,10 @@ def split_clauses(text: str, start: int = 0, end: int | None = None) -> list[tup
 
     Spans are stripped of surrounding whitespace and hold at least one letter or digit.
     """
-    end = len(text) if end is None else end
+    start, end = max(0, start), len(text) if end is None else min(end, len(text))
     out: list[tuple[int, int]] = []
+    if start >= end:
+        return out
     pos = start
     for m in _PARA_BREAK.finditer(text, start, end):
         _paragraph(text, pos, m.start(), out)

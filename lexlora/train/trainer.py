@@ -11,16 +11,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import resource
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, gather_object
 from rich.console import Console
 from transformers import EarlyStoppingCallback
 from transformers.trainer_callback import PrinterCallback
@@ -55,22 +59,45 @@ class TrainSummary:
     peak_rss_mb: float
     peak_cuda_mb: float | None
     precision: str
+    rank_checksums: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainingSession:
+    """Everything :func:`run_training` needs; built by :func:`setup_training`."""
+
+    recipe: Recipe
+    trainer: SFTTrainer
+    run_dir: Path
+    base: LoadedBase
+    checkpoint: Path | None
+    interrupt: InterruptCallback
+    state: PartialState
+    started: float
 
 
 def train(recipe: Recipe, resume: bool = False, console: Console | None = None) -> TrainSummary:
-    console = console or Console()
-    started = time.time()
+    """Train the recipe's adapter (or resume its newest run) and return the summary."""
+    return run_training(setup_training(recipe, resume, console or Console()))
 
+
+def setup_training(recipe: Recipe, resume: bool, console: Console) -> TrainingSession:
+    """Data, base model, LoRA and an SFTTrainer; validates all input before creating the run."""
+    quiet_libraries()
+    started = time.time()
+    # One process, or one rank of `accelerate launch` (gloo when there is no CUDA device).
+    state = PartialState(cpu=not torch.cuda.is_available())
     checkpoint = None
     if resume:
         run_dir = latest_run_dir(recipe)
         checkpoint = latest_checkpoint(run_dir)
         console.print(f"resuming {run_dir} from {checkpoint.name}")
 
-    data_dir = ensure_dataset(recipe, log=console.print)
+    with state.main_process_first():
+        data_dir = ensure_dataset(recipe, log=console.print)
     base = load_base(recipe)
     console.print(f"model: {recipe.model.base} → {base.description}")
-    if not base.cuda:
+    if not base.cuda and not base.quantized:
         console.print("no CUDA GPU: training on the CPU in full precision (float32)")
     model, peft_config = prepare_for_training(base, recipe)
 
@@ -83,8 +110,7 @@ def train(recipe: Recipe, resume: bool = False, console: Console | None = None) 
         )
 
     if checkpoint is None:
-        run_dir = new_run_dir(recipe)
-        write_provenance(run_dir, recipe, data_dir)
+        run_dir = _create_run_dir(recipe, data_dir, state)
     console.print(f"run: {run_dir}")
 
     interrupt = InterruptCallback()
@@ -98,31 +124,79 @@ def train(recipe: Recipe, resume: bool = False, console: Console | None = None) 
         callbacks=_callbacks(recipe, run_dir, console, interrupt),
     )
     trainer.remove_callback(PrinterCallback)
-    interrupt.install()
+    return TrainingSession(recipe, trainer, run_dir, base, checkpoint, interrupt, state, started)
+
+
+def run_training(session: TrainingSession) -> TrainSummary:
+    """Train (Ctrl-C saves a checkpoint and stops), evaluate adapter and base, save the adapter."""
+    trainer, run_dir, state = session.trainer, session.run_dir, session.state
+    session.interrupt.install()
     try:
+        checkpoint = session.checkpoint
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
-        interrupt.uninstall()
+        session.interrupt.uninstall()
+    if session.interrupt.interrupted:
+        return _summary(session, None, None, None)
 
-    if interrupt.interrupted:
-        return _summary(trainer, run_dir, None, True, None, None, started, base)
-
-    adapter_metrics = trainer.evaluate()
+    adapter_metrics = _final_eval(trainer) or trainer.evaluate()
     with trainer.model.disable_adapter():
         base_metrics = trainer.evaluate(metric_key_prefix="base")
-    adapter_dir = save_adapter(trainer, run_dir / "adapter")
+    checksums = gather_object([lora_checksum(trainer.model)])
+    adapter_dir = run_dir / "adapter"
+    if state.is_main_process:
+        save_adapter(trainer, adapter_dir)
+    state.wait_for_everyone()
     summary = _summary(
-        trainer,
-        run_dir,
-        adapter_dir,
-        False,
-        base_metrics.get("base_loss"),
-        adapter_metrics.get("eval_loss"),
-        started,
-        base,
+        session, adapter_dir, base_metrics.get("base_loss"), adapter_metrics.get("eval_loss")
     )
-    write_json(run_dir / "summary.json", asdict(summary))
+    summary.rank_checksums = checksums
+    if state.is_main_process:
+        write_json(run_dir / "summary.json", asdict(summary))
     return summary
+
+
+def _final_eval(trainer: SFTTrainer) -> dict | None:
+    """The evaluation the trainer already ran at the last step, if it did (no need to repeat it)."""
+    if trainer.args.load_best_model_at_end:  # the best checkpoint was reloaded: evaluate it
+        return None
+    for row in reversed(trainer.state.log_history):
+        if "eval_loss" in row and row.get("step") == trainer.state.global_step:
+            return row
+    return None
+
+
+def _create_run_dir(recipe: Recipe, data_dir: Path, state: PartialState) -> Path:
+    """The main process creates the run folder; other ranks receive its name."""
+    names = [None]
+    if state.is_main_process:
+        run_dir = new_run_dir(recipe)
+        write_provenance(run_dir, recipe, data_dir)
+        names = [str(run_dir)]
+    if state.num_processes > 1:
+        broadcast_object_list(names)
+    return Path(names[0])
+
+
+def lora_checksum(model) -> str:
+    """sha256 over the LoRA parameters: equal on every rank when data-parallel replicas agree."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if "lora_" in name:
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def quiet_libraries() -> None:
+    """Our progress bar and summary replace the libraries' per-step bars and info logs."""
+    import datasets
+    import transformers
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 def sft_config(recipe: Recipe, run_dir: Path, base: LoadedBase) -> SFTConfig:
@@ -158,7 +232,7 @@ def sft_config(recipe: Recipe, run_dir: Path, base: LoadedBase) -> SFTConfig:
         bf16=base.cuda and torch.cuda.is_bf16_supported(),
         fp16=False,
         use_cpu=not base.cuda,
-        gradient_checkpointing=gradient_checkpointing,
+        activation_checkpointing=gradient_checkpointing,
         optim="paged_adamw_8bit" if base.quantized and base.cuda else "adamw_torch",
         report_to=["tensorboard"],
         include_num_input_tokens_seen="non_padding",
@@ -188,20 +262,21 @@ def save_adapter(trainer: SFTTrainer, target: Path) -> Path:
     return target
 
 
-def _summary(trainer, run_dir, adapter_dir, interrupted, base_loss, adapter_loss, started, base):
+def _summary(session: TrainingSession, adapter_dir, base_loss, adapter_loss) -> TrainSummary:
+    trainer, base = session.trainer, session.base
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     peak_cuda = torch.cuda.max_memory_allocated() / 2**20 if base.cuda else None
     return TrainSummary(
-        run_dir=str(run_dir),
+        run_dir=str(session.run_dir),
         adapter_dir=str(adapter_dir) if adapter_dir else None,
-        interrupted=interrupted,
+        interrupted=adapter_dir is None,
         steps=trainer.state.global_step,
         train_loss_first=losses[0] if losses else None,
         train_loss_last=losses[-1] if losses else None,
         eval_loss_base=_finite(base_loss),
         eval_loss_adapter=_finite(adapter_loss),
         tokens_seen=int(trainer.state.num_input_tokens_seen),
-        wall_seconds=round(time.time() - started, 1),
+        wall_seconds=round(time.time() - session.started, 1),
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         peak_cuda_mb=round(peak_cuda, 1) if peak_cuda is not None else None,
         precision=base.description,
