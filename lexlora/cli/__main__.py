@@ -1,0 +1,3 @@
+from lexlora.cli import main
+
+main()

@@ -1,0 +1,48 @@
+"""``lexlora data RECIPE``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from lexlora.cli.common import CorporaDir, SetOption, console
+
+
+def data(recipe: str, set_: SetOption = None, corpora_dir: CorporaDir = Path("corpora")) -> None:
+    """Build the recipe's instruction data: data/RECIPE/{train,validation,test}.jsonl + manifest."""
+    from lexlora.data.build import build_dataset, dataset_dir
+    from lexlora.recipe import load_recipe
+
+    cfg = load_recipe(recipe, set_)
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(f"building {cfg.name}", total=None)
+        manifest = build_dataset(
+            cfg, corpora_dir, lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    print_data_summary(manifest, dataset_dir(cfg))
+
+
+def print_data_summary(manifest: dict, out: Path) -> None:
+    docs = manifest["documents"]
+    console.print(
+        f"documents: {docs['read']} read, {docs['kept']} kept, skipped {docs['skipped'] or 0}, "
+        f"duplicates {docs['duplicates'] or 0}"
+    )
+    table = Table("builder", "train", "validation", "test")
+    for name, counts in manifest["pairs"]["by_builder"].items():
+        table.add_row(name, *(str(counts[s]) for s in ("train", "validation", "test")))
+    total = manifest["pairs"]["total"]
+    table.add_row("[bold]total", *(f"[bold]{total[s]}" for s in ("train", "validation", "test")))
+    console.print(table)
+    split = manifest["split"]["documents"]
+    console.print(f"documents per split: {split}")
+    console.print(f"personal data replaced: {manifest['scrub']['replacements']}")
+    leak = manifest["leakage"]
+    console.print(
+        f"leakage: test answers share {leak['mean_overlap']:.1%} of their {leak['ngram']}-grams "
+        f"with training on average (limit {leak['max_overlap']:.0%})"
+    )
+    console.print(f"[green]wrote[/] {out}/{{train,validation,test}}.jsonl and manifest.json")

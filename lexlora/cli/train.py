@@ -1,0 +1,48 @@
+"""``lexlora train RECIPE [--resume]``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from lexlora.cli.common import SetOption, console
+
+
+def train(
+    recipe: str,
+    set_: SetOption = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the newest run from its newest checkpoint.")
+    ] = False,
+) -> None:
+    """Fit the recipe's LoRA adapter: runs/RECIPE/RUN_ID/adapter (building the data first)."""
+    from lexlora.recipe import load_recipe
+    from lexlora.train.trainer import train as train_adapter
+
+    summary = train_adapter(load_recipe(recipe, set_), resume=resume, console=console)
+    if summary.interrupted:
+        console.print(
+            f"[yellow]interrupted[/] at step {summary.steps}; checkpoint saved in "
+            f"{summary.run_dir}/checkpoints. Continue with: lexlora train {recipe} --resume"
+        )
+        raise typer.Exit(130)
+    table = Table("", "value", title="training summary")
+    rows = {
+        "precision": summary.precision,
+        "steps": summary.steps,
+        "train loss (first → last)": f"{summary.train_loss_first:.4f} → "
+        f"{summary.train_loss_last:.4f}",
+        "held-out loss, base model": f"{summary.eval_loss_base:.4f}",
+        "held-out loss, adapter": f"{summary.eval_loss_adapter:.4f}",
+        "tokens seen (non-padding)": f"{summary.tokens_seen:,}",
+        "wall time": f"{summary.wall_seconds:.0f} s",
+        "peak memory (RSS)": f"{summary.peak_rss_mb:,.0f} MB",
+    }
+    if summary.peak_cuda_mb is not None:
+        rows["peak CUDA memory"] = f"{summary.peak_cuda_mb:,.0f} MB"
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    console.print(f"[green]adapter[/] {summary.adapter_dir}")
