@@ -120,9 +120,9 @@ def run_lexlora(recipe, steps: int, packing: bool, out: Path) -> dict:
 
 
 def child(name: str, recipe_name: str, steps: int) -> None:
+    from lexlora.quiet import quiet_libraries
     from lexlora.recipe import load_recipe
     from lexlora.train.dataset import ensure_dataset
-    from lexlora.train.trainer import quiet_libraries
 
     quiet_libraries()
     recipe = load_recipe(recipe_name)

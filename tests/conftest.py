@@ -183,3 +183,49 @@ def tiny_model(tmp_path_factory) -> Path:
     texts = [body for _, body in CLAUSES] * 3
     texts += ["Under the agreement, what must the Customer do? Answer with one of: Yes. No."] * 3
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), texts)
+
+
+def make_recipe(tmp: Path, model_dir: Path, **sections) -> Recipe:
+    """A training recipe on the contract folder and a tiny model, with fast settings."""
+    folder = tmp / "contracts"
+    if not folder.exists():
+        write_contract_folder(folder)
+    raw = {
+        "name": "tiny",
+        "data": {
+            "corpus": "folder",
+            "path": str(folder),
+            "output_dir": str(tmp / "data"),
+            "clean": {"min_chars": 100},
+            "builders": {"definitions": {}, "section_qa": {}, "obligations": {}},
+            "split": {"validation": 0.17, "test": 0.17, "seed": 1},
+            "leakage": {"max_overlap": 1.0},
+        },
+        "model": {"base": str(model_dir), "quantization": "none"},
+        "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
+        "train": {
+            "output_dir": str(tmp / "runs"),
+            "max_steps": 12,
+            "batch_size": 4,
+            "learning_rate": 5e-3,
+            "scheduler": "constant",
+            "warmup_ratio": 0.0,
+            "max_length": 128,
+            "logging_steps": 2,
+            "eval_steps": 6,
+            "save_steps": 6,
+            "max_eval_samples": 16,
+        },
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return validate_recipe(raw)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_model, tmp_path_factory) -> Path:
+    """A finished training run (rank 8 on q_proj/v_proj) of the tiny model: runs/tiny/RUN_ID."""
+    from lexlora.train.trainer import train
+
+    tmp = tmp_path_factory.mktemp("tiny-run")
+    return Path(train(make_recipe(tmp, tiny_model)).run_dir)

@@ -13,49 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_contract_folder
+from conftest import make_recipe
 from safetensors.torch import load_file
 
 from lexlora.errors import LexloraError
-from lexlora.recipe import Recipe, validate_recipe
 from lexlora.train.dataset import ensure_dataset, load_split
 from lexlora.train.trainer import train
-
-
-def make_recipe(tmp: Path, model_dir: Path, **sections) -> Recipe:
-    folder = tmp / "contracts"
-    if not folder.exists():
-        write_contract_folder(folder)
-    raw = {
-        "name": "tiny",
-        "data": {
-            "corpus": "folder",
-            "path": str(folder),
-            "output_dir": str(tmp / "data"),
-            "clean": {"min_chars": 100},
-            "builders": {"definitions": {}, "section_qa": {}, "obligations": {}},
-            "split": {"validation": 0.17, "test": 0.17, "seed": 1},
-            "leakage": {"max_overlap": 1.0},
-        },
-        "model": {"base": str(model_dir), "quantization": "none"},
-        "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
-        "train": {
-            "output_dir": str(tmp / "runs"),
-            "max_steps": 12,
-            "batch_size": 4,
-            "learning_rate": 5e-3,
-            "scheduler": "constant",
-            "warmup_ratio": 0.0,
-            "max_length": 128,
-            "logging_steps": 2,
-            "eval_steps": 6,
-            "save_steps": 6,
-            "max_eval_samples": 16,
-        },
-    }
-    for section, values in sections.items():
-        raw[section] = {**raw.get(section, {}), **values}
-    return validate_recipe(raw)
 
 
 def lora_weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -11,7 +11,8 @@ import click
 import typer
 from rich.console import Console
 
-from lexlora.cli import data, train
+from lexlora.cli import data, export, train
+from lexlora.cli.adapters import adapters_app
 from lexlora.cli.corpora import corpora_app
 from lexlora.errors import LexloraError
 
@@ -21,8 +22,10 @@ app = typer.Typer(
     help="Adapt open LLMs to law and medicine with LoRA.",
 )
 app.add_typer(corpora_app, name="corpora")
+app.add_typer(adapters_app, name="adapters")
 app.command("data")(data.data)
 app.command("train")(train.train)
+app.command("export")(export.export)
 
 
 def main() -> None:

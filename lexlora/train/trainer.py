@@ -18,7 +18,6 @@ import resource
 import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from trl import SFTConfig, SFTTrainer
 
 from lexlora.errors import LexloraError
 from lexlora.io import write_json
+from lexlora.quiet import quiet_libraries
 from lexlora.recipe import Recipe
 from lexlora.train.callbacks import InterruptCallback, MetricsFileCallback, ProgressCallback
 from lexlora.train.dataset import ensure_dataset, load_split
@@ -186,17 +186,6 @@ def lora_checksum(model) -> str:
             digest.update(name.encode())
             digest.update(param.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
-
-
-def quiet_libraries() -> None:
-    """Our progress bar and summary replace the libraries' per-step bars and info logs."""
-    import datasets
-    import transformers
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
 
 
 def sft_config(recipe: Recipe, run_dir: Path, base: LoadedBase) -> SFTConfig:

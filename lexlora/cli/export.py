@@ -1,0 +1,61 @@
+"""``lexlora export RUN_DIR --tenant T --name N``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lexlora.cli.common import console
+
+
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder: runs/RECIPE/RUN_ID.")],
+    tenant: Annotated[str, typer.Option(help="Tenant that owns the adapter.")],
+    name: Annotated[str, typer.Option(help="Adapter name, e.g. contracts.")],
+    version: Annotated[str, typer.Option(help="'auto' (next) or a number.")] = "auto",
+    scale: Annotated[
+        float, typer.Option(help="Bake a strength: 1 as trained, 0.5 half, >1 overdrive.")
+    ] = 1.0,
+    weight: Annotated[float, typer.Option(help="Weight of this run's adapter in --combine.")] = 1.0,
+    combine: Annotated[
+        list[str] | None,
+        typer.Option(help="Another adapter REF:WEIGHT (tenant/name[:version] or a folder)."),
+    ] = None,
+    combine_method: Annotated[str, typer.Option(help="linear | cat | svd | ties")] = "linear",
+    merge: Annotated[
+        Path | None, typer.Option(help="Also write a merged full model (safetensors) here.")
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option(help="Adapter store (default LEXLORA_HOME/adapters).")
+    ] = None,
+    max_lora_rank: Annotated[
+        int | None, typer.Option(help="Override export.max_lora_rank of the recipe.")
+    ] = None,
+) -> None:
+    """Validate a run's adapter and publish it to the tenant's adapter store."""
+    from lexlora.errors import LexloraError
+    from lexlora.export.exporter import export_run, parse_combine
+    from lexlora.registry import AdapterStore
+
+    if version != "auto" and not version.isdigit():
+        raise LexloraError(f"--version {version!r}: expected 'auto' or a positive number")
+    result = export_run(
+        run_dir,
+        tenant,
+        name,
+        store=AdapterStore(store),
+        version=None if version == "auto" else int(version),
+        scale=scale,
+        weight=weight,
+        combine=[parse_combine(spec) for spec in combine or []],
+        combine_method=combine_method,
+        merge_dir=merge,
+        max_rank=max_lora_rank,
+        log=console.print,
+    )
+    console.print(
+        f"[green]exported[/] {result.published.ref} (rank {result.published.rank}, "
+        f"probe logit change {result.probe_change:.4f})"
+    )
