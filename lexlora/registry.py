@@ -83,12 +83,15 @@ def validate_name(kind: str, value: str) -> str:
     return value
 
 
+MAX_VERSION = 2**31 - 1  # fits SQLite integers and every client
+
+
 def validate_version(value: object) -> int:
     """A positive integer version (also accepted as a decimal string)."""
     if isinstance(value, str) and value.isdecimal() and value.isascii():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LexloraError(f"version {value!r}: expected a positive integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VERSION:
+        raise LexloraError(f"version {value!r}: expected an integer from 1 to {MAX_VERSION}")
     return value
 
 

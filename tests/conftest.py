@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -229,3 +232,47 @@ def tiny_run(tiny_model, tmp_path_factory) -> Path:
 
     tmp = tmp_path_factory.mktemp("tiny-run")
     return Path(train(make_recipe(tmp, tiny_model)).run_dir)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(config: dict, tmp: Path, timeout: float = 180) -> Iterator[tuple[str, Any]]:
+    """Start ``lexlora serve`` as a real process on 127.0.0.1 with ``config`` (serve.yaml);
+    yields (base URL, process) once /health answers, and stops it afterwards."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import yaml
+
+    (tmp / "serve.yaml").write_text(yaml.safe_dump(config))
+    port, log = free_port(), tmp / "server.log"
+    cmd = [sys.executable, "-m", "lexlora.cli", "serve", "--config", str(tmp / "serve.yaml")]
+    with log.open("w") as out:
+        proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, f"server exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"server not up:\n{log.read_text()}"
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -11,9 +11,10 @@ import click
 import typer
 from rich.console import Console
 
-from lexlora.cli import data, export, train
+from lexlora.cli import data, evaluate, export, train
 from lexlora.cli.adapters import adapters_app
 from lexlora.cli.corpora import corpora_app
+from lexlora.cli.serve import serve_app
 from lexlora.errors import LexloraError
 
 app = typer.Typer(
@@ -26,6 +27,8 @@ app.add_typer(adapters_app, name="adapters")
 app.command("data")(data.data)
 app.command("train")(train.train)
 app.command("export")(export.export)
+app.add_typer(serve_app, name="serve")
+app.command("eval")(evaluate.eval_command)
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,12 +18,16 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the newest run from its newest checkpoint.")
     ] = False,
+    evaluate: Annotated[
+        bool, typer.Option("--eval/--no-eval", help="Evaluate on held-out documents after.")
+    ] = True,
 ) -> None:
     """Fit the recipe's LoRA adapter: runs/RECIPE/RUN_ID/adapter (building the data first)."""
     from lexlora.recipe import load_recipe
     from lexlora.train.trainer import train as train_adapter
 
-    summary = train_adapter(load_recipe(recipe, set_), resume=resume, console=console)
+    cfg = load_recipe(recipe, set_)
+    summary = train_adapter(cfg, resume=resume, console=console)
     if summary.interrupted:
         console.print(
             f"[yellow]interrupted[/] at step {summary.steps}; checkpoint saved in "
@@ -46,3 +52,13 @@ def train(
         table.add_row(key, str(value))
     console.print(table)
     console.print(f"[green]adapter[/] {summary.adapter_dir}")
+    if evaluate and int(os.environ.get("RANK", "0")) == 0:
+        from lexlora.cli.evaluate import print_headline, run_eval
+        from lexlora.eval.tasks import spec_path
+
+        tasks = spec_path(cfg.name, cfg.eval.tasks_file)
+        if not tasks.is_file():
+            console.print(f"no evaluation tasks ({tasks}); skipping the held-out evaluation")
+            return
+        result = run_eval(cfg, None, Path(summary.run_dir), None, "", None, "base", None, None)
+        print_headline(result)

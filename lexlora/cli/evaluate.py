@@ -1,0 +1,106 @@
+"""``lexlora eval RECIPE [--adapter TENANT/NAME[:VERSION] | --run RUN_DIR] [--endpoint URL]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lexlora.cli.common import SetOption, console
+
+
+def eval_command(
+    recipe: str,
+    adapter: Annotated[
+        str | None, typer.Option(help="A published adapter: TENANT/NAME[:VERSION|@ALIAS].")
+    ] = None,
+    run: Annotated[
+        Path | None, typer.Option(help="A run folder (default: the recipe's newest run).")
+    ] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="Score through an OpenAI-compatible endpoint instead.")
+    ] = None,
+    api_key: Annotated[str, typer.Option(envvar="LEXLORA_API_KEY")] = "none",
+    endpoint_model: Annotated[
+        str | None, typer.Option(help="Adapter's model name at the endpoint.")
+    ] = None,
+    endpoint_base: Annotated[str, typer.Option(help="Base model's name at the endpoint.")] = "base",
+    sweep: Annotated[
+        str | None, typer.Option(help="Strengths, e.g. 0,0.25,0.5,1,1.5 (default: recipe).")
+    ] = None,
+    store: Annotated[Path | None, typer.Option(help="Adapter store.")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Score base vs adapter on held-out documents; write reports/RECIPE/EVAL_ID/."""
+    from lexlora.recipe import load_recipe
+
+    cfg = load_recipe(recipe, set_)
+    strengths = _parse_sweep(sweep) if sweep else None
+    result = run_eval(
+        cfg, adapter, run, endpoint, api_key, endpoint_model, endpoint_base, strengths, store
+    )
+    print_headline(result)
+
+
+def run_eval(cfg, adapter, run, endpoint, api_key, endpoint_model, endpoint_base, sweep, store):
+    from lexlora.data.build import dataset_dir
+    from lexlora.errors import LexloraError
+    from lexlora.eval.runner import evaluate
+    from lexlora.quiet import quiet_libraries
+
+    quiet_libraries()
+    data_dir = dataset_dir(cfg)
+    if not (data_dir / "manifest.json").is_file():
+        raise LexloraError(f"{data_dir}: no dataset; run `lexlora data {cfg.name}` first")
+    if endpoint:
+        from lexlora.eval.endpoint import EndpointScorer
+        from lexlora.models import resolve_base_model
+
+        if not endpoint_model:
+            raise LexloraError("--endpoint needs --endpoint-model (the adapter's model name)")
+        scorer = EndpointScorer(
+            endpoint, api_key, endpoint_base, endpoint_model, resolve_base_model(cfg.model.base)
+        )
+        label = f"{endpoint_model} at {endpoint}"
+    else:
+        from lexlora.eval.local import load_local_scorer
+
+        adapter_dir, label = _adapter_dir(cfg, adapter, run, store)
+        scorer = load_local_scorer(cfg.model.base, adapter_dir)
+    return evaluate(cfg, scorer, data_dir, label, sweep=sweep, log=console.print)
+
+
+def _adapter_dir(cfg, adapter: str | None, run: Path | None, store: Path | None):
+    from lexlora.registry import AdapterStore, split_tenant_ref
+    from lexlora.train.run_dir import latest_run_dir
+
+    if adapter:
+        tenant, ref = split_tenant_ref(adapter)
+        published = AdapterStore(store).resolve(tenant, ref)
+        return published.path, published.ref
+    run_dir = run or latest_run_dir(cfg)
+    return run_dir / "adapter", f"run {run_dir.name}"
+
+
+def _parse_sweep(text: str) -> list[float]:
+    from lexlora.errors import LexloraError
+
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise LexloraError(f"--sweep {text!r}: expected numbers separated by commas") from None
+    if any(v < 0 or v > 2 for v in values):
+        raise LexloraError(f"--sweep {text!r}: strengths must be between 0 and 2")
+    return values
+
+
+def print_headline(result) -> None:
+    from lexlora.eval.report import headline_text
+
+    console.print("[bold]held-out evaluation (base → adapter)[/]")
+    for line in headline_text(result.metrics):
+        style = "red" if "WORSE" in line else "green" if "better" in line else ""
+        console.print(f"  {line}", style=style or None, highlight=False)
+    console.print(f"best strength: {result.metrics['best_scale']}")
+    console.print(f"[green]report[/] {result.report_dir / 'report.html'}")

@@ -1,0 +1,157 @@
+"""Score items in-process with transformers + PEFT: option log-likelihoods, answer loss, generation.
+
+The same code scores the base model (adapter disabled), the adapter, and the adapter at any
+strength (PEFT's ``rescale_adapter_scale``), so the sweep and the base share every other detail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft.helpers import rescale_adapter_scale
+
+from lexlora.eval.tasks import EvalItem
+
+
+class LocalScorer:
+    """Scores items with one model; ``variant(scale)`` selects base (None) or adapter × scale."""
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.end = tokenizer.eos_token or ""
+        self._scale: float | None = None
+
+    @contextmanager
+    def variant(self, scale: float | None) -> Iterator[None]:
+        """None: the base model (adapter disabled); a float: the adapter at that strength."""
+        if scale is None:
+            ctx = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else None
+        else:
+            ctx = rescale_adapter_scale(self.model, scale) if scale != 1.0 else None
+        with ctx or nullcontext():
+            yield
+
+    def prompt_text(self, item: EvalItem) -> str:
+        return self.tokenizer.apply_chat_template(
+            item.prompt, tokenize=False, add_generation_prompt=True
+        )
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def choice_logprobs(self, items: Sequence[EvalItem]) -> list[list[float]]:
+        """Per item, the log-probability of each option (followed by the end-of-turn token),
+        computed with the prompt encoded once and its KV cache shared by the options."""
+        return [self._options_logprobs(item) for item in items]
+
+    def _options_logprobs(self, item: EvalItem) -> list[float]:
+        prompt = torch.tensor([self._ids(self.prompt_text(item))])
+        options = [self._ids(choice + self.end) for choice in item.choices]
+        out = self.model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+        cache = out.cache
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        width = max(len(o) for o in options)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([o + [pad] * (width - len(o)) for o in options])
+        mask = torch.tensor([[1] * len(o) + [0] * (width - len(o)) for o in options])
+        cache.batch_repeat_interleave(len(options))
+        n_prompt = prompt.shape[1]
+        follow = self.model(
+            input_ids=ids,
+            attention_mask=torch.cat(
+                [torch.ones(len(options), n_prompt, dtype=mask.dtype), mask], 1
+            ),
+            position_ids=torch.arange(n_prompt, n_prompt + width).expand(len(options), -1),
+            cache=cache,
+        ).logits.float()
+        logprobs = torch.log_softmax(follow, dim=-1)
+        scores = []
+        for row, option in enumerate(options):
+            total = first[option[0]].item()
+            for j in range(1, len(option)):
+                total += logprobs[row, j - 1, option[j]].item()
+            scores.append(total)
+        return scores
+
+    @torch.no_grad()
+    def answer_nll(self, items: Sequence[EvalItem]) -> list[float]:
+        """Mean negative log-likelihood per reference-answer token (the answer's own loss).
+
+        Sequences are left-padded so every answer ends at the last position; only the logits of
+        the answer positions are computed (``logits_to_keep``), not the whole vocabulary × prompt.
+        """
+        results = []
+        pad = self.tokenizer.pad_token_id or 0
+        for start in range(0, len(items), self.batch_size):
+            batch = items[start : start + self.batch_size]
+            prompts = [self._ids(self.prompt_text(i)) for i in batch]
+            answers = [self._ids(i.reference + self.end) for i in batch]
+            seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
+            width = max(len(s) for s in seqs)
+            keep = max(len(a) for a in answers) + 1
+            ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
+            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
+            ).logits.float()
+            for row, answer in enumerate(answers):
+                n = len(answer)
+                predicted = logits[row, keep - 1 - n : keep - 1]
+                loss = torch.nn.functional.cross_entropy(predicted, torch.tensor(answer))
+                results.append(loss.item())
+        return results
+
+    @torch.no_grad()
+    def generate(self, items: Sequence[EvalItem], max_new_tokens: int) -> list[str]:
+        """Greedy answers (deterministic), decoded without special tokens."""
+        outputs = []
+        side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left"
+        try:
+            for start in range(0, len(items), self.batch_size):
+                batch = items[start : start + self.batch_size]
+                enc = self.tokenizer(
+                    [self.prompt_text(i) for i in batch],
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=False,
+                )
+                generated = self.model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=self.tokenizer.eos_token_id,
+                )
+                new = generated[:, enc["input_ids"].shape[1] :]
+                outputs.extend(
+                    t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)
+                )
+        finally:
+            self.tokenizer.padding_side = side
+        return outputs
+
+
+def load_local_scorer(base: str, adapter_dir: Path) -> LocalScorer:
+    """Base model in full precision with the adapter on top (PEFT), ready to score."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lexlora.export.validate import read_adapter
+    from lexlora.models import resolve_base_model
+
+    read_adapter(adapter_dir)  # a clear error for a folder that is not an adapter
+    path = resolve_base_model(base)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return LocalScorer(PeftModel.from_pretrained(model, str(adapter_dir)), tokenizer)

@@ -1,0 +1,271 @@
+"""The evaluation report: ``metrics.json``, PNG plots, ``report.md`` and a self-contained
+``report.html`` (plots embedded), written to a temporary folder and renamed into place."""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from lexlora.io import write_json
+
+LABELS = {
+    "choice_accuracy": "option accuracy (log-likelihood)",
+    "answer_nll": "answer loss (NLL per token, lower is better)",
+    "token_f1": "token F1 of greedy answers",
+    "exact_match": "exact match of greedy answers",
+    "rouge_l": "ROUGE-L of greedy answers",
+    "sanity_accuracy": "sanity set accuracy (independent labels)",
+}
+
+
+def write_report(report_dir: Path, metrics: dict) -> Path:
+    report_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{report_dir.name}.", dir=report_dir.parent))
+    try:
+        write_json(tmp / "metrics.json", metrics)
+        plots = {
+            "headline.png": plot_headline(metrics, tmp / "headline.png"),
+            "strength.png": plot_sweep(metrics, tmp / "strength.png"),
+            "tasks.png": plot_groups(metrics["tasks"], tmp / "tasks.png", "per task"),
+        }
+        plots = {name: path for name, path in plots.items() if path is not None}
+        (tmp / "report.md").write_text(render_markdown(metrics, plots), encoding="utf-8")
+        (tmp / "report.html").write_text(render_html(metrics, plots), encoding="utf-8")
+        tmp.chmod(0o755)
+        os.replace(tmp, report_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report_dir
+
+
+def headline_text(metrics: dict) -> list[str]:
+    """One line per metric family: base → adapter, difference with its 95% interval."""
+    lines = []
+    for name, row in metrics["headline"].items():
+        diff = row["difference"]
+        verdict = "better" if diff["improved"] else "WORSE" if diff["worse"] else "no clear change"
+        lines.append(
+            f"{LABELS.get(name, name)}: base {row['base']['mean']:.3f} → adapter "
+            f"{row['adapter']['mean']:.3f} (Δ {diff['mean']:+.3f}, 95% CI "
+            f"[{diff['low']:+.3f}, {diff['high']:+.3f}], n={row['base']['n']}: {verdict})"
+        )
+    return lines
+
+
+def plot_headline(metrics: dict, path: Path) -> Path | None:
+    rows = metrics["headline"]
+    if not rows:
+        return None
+    ncols = min(3, len(rows))
+    nrows = -(-len(rows) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.0 * nrows), squeeze=False)
+    for ax in axes.flat[len(rows) :]:
+        ax.set_visible(False)
+    for ax, (name, row) in zip(axes.flat, rows.items(), strict=False):
+        means = [row["base"]["mean"], row["adapter"]["mean"]]
+        errs = [
+            [m - row[k]["low"] for m, k in zip(means, ("base", "adapter"), strict=True)],
+            [row[k]["high"] - m for m, k in zip(means, ("base", "adapter"), strict=True)],
+        ]
+        ax.bar(["base", "adapter"], means, yerr=errs, capsize=6, color=["#9aa5b1", "#2f6fb0"])
+        ax.set_title(LABELS.get(name, name), fontsize=8, wrap=True)
+    fig.suptitle("Held-out documents: base vs adapter (95% bootstrap intervals)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(metrics: dict, path: Path) -> Path | None:
+    rows = metrics["sweep"]
+    if len(rows) < 2:
+        return None
+    scales = [r["scale"] for r in rows]
+    fig, left = plt.subplots(figsize=(6, 3.4))
+    nll = [float("nan") if r["answer_nll"] is None else r["answer_nll"] for r in rows]
+    left.plot(scales, nll, "o-", color="#2f6fb0", label="answer NLL")
+    left.set_xlabel("LoRA strength (0 = base, 1 = as trained)")
+    left.set_ylabel("answer NLL (lower is better)", color="#2f6fb0")
+    if any(r["choice_accuracy"] is not None for r in rows):
+        right = left.twinx()
+        accuracy = [r["choice_accuracy"] for r in rows]
+        right.plot(scales, accuracy, "s--", color="#c0392b", label="option accuracy")
+        right.set_ylabel("option accuracy", color="#c0392b")
+    best = metrics.get("best_scale")
+    if best is not None:
+        left.axvline(best, color="grey", linestyle=":", label=f"best = {best}")
+    left.set_title("Strength sweep")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_groups(groups: dict, path: Path, title: str) -> Path | None:
+    if not groups:
+        return None
+    names = list(groups)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.4))
+    ys = range(len(names))
+    for offset, key, color in ((-0.18, "base", "#9aa5b1"), (0.18, "adapter", "#2f6fb0")):
+        means = [groups[n][key]["mean"] for n in names]
+        lows = [m - groups[n][key]["low"] for m, n in zip(means, names, strict=True)]
+        highs = [groups[n][key]["high"] - m for m, n in zip(means, names, strict=True)]
+        ax.barh(
+            [y + offset for y in ys],
+            means,
+            height=0.35,
+            xerr=[lows, highs],
+            color=color,
+            label=key,
+            capsize=3,
+        )
+    ax.set_yticks(list(ys), [f"{n} ({groups[n]['metric']})" for n in names], fontsize=8)
+    ax.legend()
+    ax.set_title(f"Base vs adapter, {title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _group_table(groups: dict) -> list[list[str]]:
+    rows = []
+    for name, g in groups.items():
+        d = g["difference"]
+        mark = " ✔" if d["improved"] else " ✘" if d["worse"] else ""
+        rows.append(
+            [
+                name,
+                g["metric"],
+                str(g["base"]["n"]),
+                _interval(g["base"]),
+                _interval(g["adapter"]),
+                f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{mark}",
+            ]
+        )
+    return rows
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _interval(stat: dict) -> str:
+    return f"{stat['mean']:.3f} [{stat['low']:.3f}, {stat['high']:.3f}]"
+
+
+GROUP_HEADER = ["group", "metric", "n", "base [95% CI]", "adapter [95% CI]", "adapter − base"]
+
+
+def render_markdown(metrics: dict, plots: dict[str, Path]) -> str:
+    out = [f"# Evaluation: {metrics['recipe']}, adapter {metrics['adapter']}", ""]
+    items = metrics["items"]
+    out += [
+        f"Held-out test documents only ({items['refused_training_documents']} items refused "
+        f"because their document was in the training split). {items['choice']} option items, "
+        f"{items['open']} open items ({items['generated']} answered by greedy generation), "
+        f"{items['sanity']} sanity items. Seed {metrics['seed']}.",
+        "",
+        "## Headline",
+        "",
+    ]
+    out += [f"- {line}" for line in headline_text(metrics)]
+    out += ["", "![headline](headline.png)", ""] if "headline.png" in plots else [""]
+    out += ["## Strength sweep", "", "| strength | option accuracy | answer NLL |", "|---|---|---|"]
+    for r in metrics["sweep"]:
+        acc = "–" if r["choice_accuracy"] is None else f"{r['choice_accuracy']:.3f}"
+        out.append(f"| {r['scale']} | {acc} | {_num(r['answer_nll'])} |")
+    out += ["", f"Best strength: **{metrics['best_scale']}**", ""]
+    if "strength.png" in plots:
+        out += ["![strength](strength.png)", ""]
+    for title, key in (("Per task", "tasks"), ("Per builder", "builders")):
+        out += [f"## {title}", "", "| " + " | ".join(GROUP_HEADER) + " |", "|---" * 6 + "|"]
+        out += ["| " + " | ".join(r) + " |" for r in _group_table(metrics[key])]
+        out.append("")
+    out += ["## 10 worst examples (adapter − base token F1)", ""]
+    for ex in metrics["worst_examples"]:
+        out += [
+            f"**{ex['task']}** ({ex['doc_id']}): {ex['question'][:300]}",
+            f"- reference: {ex['reference'][:300]}",
+            f"- base (F1 {ex['base_f1']:.2f}): {ex['base'][:300]}",
+            f"- adapter (F1 {ex['adapter_f1']:.2f}): {ex['adapter'][:300]}",
+            "",
+        ]
+    return "\n".join(out)
+
+
+def render_html(metrics: dict, plots: dict[str, Path]) -> str:
+    esc = html.escape
+
+    def img(name: str) -> str:
+        if name not in plots:
+            return ""
+        data = base64.b64encode(plots[name].read_bytes()).decode()
+        return f'<img alt="{name}" src="data:image/png;base64,{data}">'
+
+    def table(header: list[str], rows: list[list[str]]) -> str:
+        head = "".join(f"<th>{esc(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    sweep_rows = [
+        [
+            str(r["scale"]),
+            "–" if r["choice_accuracy"] is None else f"{r['choice_accuracy']:.3f}",
+            _num(r["answer_nll"]),
+        ]
+        for r in metrics["sweep"]
+    ]
+    worst = [
+        [
+            ex["task"],
+            ex["question"][:400],
+            ex["reference"][:300],
+            ex["base"][:300],
+            ex["adapter"][:300],
+            f"{ex['base_f1']:.2f} → {ex['adapter_f1']:.2f}",
+        ]
+        for ex in metrics["worst_examples"]
+    ]
+    items = metrics["items"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>lexlora eval: {esc(metrics['recipe'])}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
+        "line-height:1.4}table{border-collapse:collapse;margin:1em 0;font-size:90%}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}img{max-width:100%}"
+        "</style></head><body>",
+        f"<h1>Evaluation: {esc(metrics['recipe'])}, adapter {esc(metrics['adapter'])}</h1>",
+        f"<p>Held-out test documents only: {items['refused_training_documents']} items refused "
+        f"because their document trained the adapter. {items['choice']} option items, "
+        f"{items['open']} open items ({items['generated']} generated), {items['sanity']} "
+        "sanity items.</p>",
+        "<h2>Headline</h2><ul>",
+        *(f"<li>{esc(line)}</li>" for line in headline_text(metrics)),
+        "</ul>",
+        img("headline.png"),
+        "<h2>Strength sweep</h2>",
+        table(["strength", "option accuracy", "answer NLL"], sweep_rows),
+        f"<p>Best strength: <b>{metrics['best_scale']}</b></p>",
+        img("strength.png"),
+        "<h2>Per task</h2>",
+        table(GROUP_HEADER, _group_table(metrics["tasks"])),
+        img("tasks.png"),
+        "<h2>Per builder</h2>",
+        table(GROUP_HEADER, _group_table(metrics["builders"])),
+        "<h2>10 worst examples</h2>",
+        table(["task", "question", "reference", "base", "adapter", "token F1"], worst),
+        "</body></html>",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,239 @@
+"""``lexlora eval RECIPE``: base vs adapter on held-out documents, a strength sweep, a report.
+
+Reads top to bottom: select held-out items (refusing any whose document trained the adapter) →
+score the base and the adapter (option log-likelihoods, answer loss, greedy generations) → sweep
+the adapter's strength (0 must equal the base: verified) → aggregate with bootstrap intervals and
+paired differences → write ``reports/RECIPE/EVAL_ID/``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from lexlora.errors import LexloraError
+from lexlora.eval.report import write_report
+from lexlora.eval.scores import (
+    choice_correct,
+    compare,
+    generation_scores,
+    perplexity,
+    summarize,
+)
+from lexlora.eval.tasks import EvalItem, load_sanity, load_spec, select_items, spec_path
+from lexlora.recipe import Recipe
+
+SCALE0_TOLERANCE = 1e-4
+
+
+@dataclass
+class EvalResult:
+    report_dir: Path
+    metrics: dict
+
+
+def evaluate(
+    recipe: Recipe,
+    scorer,
+    data_dir: Path,
+    adapter_label: str,
+    sweep: list[float] | None = None,
+    out_root: Path = Path("reports"),
+    log: Callable[[str], None] = print,
+) -> EvalResult:
+    """Score ``scorer`` (a LocalScorer or EndpointScorer) and write the report."""
+    started = time.time()
+    spec = load_spec(spec_path(recipe.name, recipe.eval.tasks_file))
+    seed = recipe.eval.seed
+    items, refused = select_items(data_dir, spec, seed, recipe.eval.max_items)
+    sanity, sanity_refused = load_sanity(spec, data_dir)
+    if not items:
+        raise LexloraError(f"{data_dir}/test.jsonl: no held-out items for the tasks in eval/")
+    choice = [i for i in items if i.kind == "choice"]
+    open_items = [i for i in items if i.kind == "open"]
+    rng = random.Random(f"{seed}:generation")
+    generated = sorted(
+        rng.sample(range(len(open_items)), min(spec.generation_items, len(open_items)))
+    )
+    gen_items = [open_items[i] for i in generated]
+    log(
+        f"eval: {len(choice)} choice, {len(open_items)} open ({len(gen_items)} generated), "
+        f"{len(sanity)} sanity items; {refused + sanity_refused} refused (training documents)"
+    )
+
+    raw = {}
+    for label, scale in (("base", None), ("adapter", 1.0)):
+        log(f"eval: scoring the {label}")
+        with scorer.variant(scale):
+            raw[label] = {
+                "choice": choice_correct(choice, scorer.choice_logprobs(choice)),
+                "sanity": choice_correct(sanity, scorer.choice_logprobs(sanity)),
+                "nll": scorer.answer_nll(open_items),
+                "generation": generation_scores(
+                    gen_items, outputs := scorer.generate(gen_items, spec.max_new_tokens)
+                ),
+                "outputs": outputs,
+            }
+
+    sweep_rows = _sweep(scorer, sweep or recipe.eval.sweep, choice, open_items, raw, log)
+    metrics = {
+        "recipe": recipe.name,
+        "adapter": adapter_label,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seed": seed,
+        "items": {
+            "choice": len(choice),
+            "open": len(open_items),
+            "generated": len(gen_items),
+            "sanity": len(sanity),
+            "refused_training_documents": refused + sanity_refused,
+            "by_task": _count_by(items, "task"),
+        },
+        "headline": _headline(raw, seed),
+        "tasks": _by_group(items, choice, open_items, raw, "task", seed),
+        "builders": _by_group(items, choice, open_items, raw, "builder", seed),
+        "sweep": sweep_rows,
+        "best_scale": _best_scale(sweep_rows),
+        "worst_examples": _worst(gen_items, raw),
+        "seconds": None,
+    }
+    metrics["seconds"] = round(time.time() - started, 1)
+    eval_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    report_dir = write_report(out_root / recipe.name / eval_id, metrics)
+    return EvalResult(report_dir, metrics)
+
+
+def _headline(raw: dict, seed: int) -> dict:
+    """Pooled metric families: base, adapter (mean and 95% interval) and the paired difference."""
+    families = {
+        "choice_accuracy": ("accuracy", lambda r: r["choice"]),
+        "answer_nll": ("answer_nll", lambda r: r["nll"]),
+        "token_f1": ("token_f1", lambda r: r["generation"]["token_f1"]),
+        "exact_match": ("exact_match", lambda r: r["generation"]["exact_match"]),
+        "rouge_l": ("rouge_l", lambda r: r["generation"]["rouge_l"]),
+        "sanity_accuracy": ("accuracy", lambda r: r["sanity"]),
+    }
+    out = {}
+    for name, (metric, get) in families.items():
+        base, adapter = get(raw["base"]), get(raw["adapter"])
+        if not base or any(math.isnan(v) for v in base + adapter):
+            continue  # none scored, or the endpoint cannot give likelihoods
+        row = {
+            "metric": metric,
+            "base": summarize(base, seed),
+            "adapter": summarize(adapter, seed),
+            "difference": compare(adapter, base, metric, seed),
+        }
+        if metric == "answer_nll":
+            row["perplexity"] = {
+                "base": perplexity(row["base"]),
+                "adapter": perplexity(row["adapter"]),
+            }
+        out[name] = row
+    return out
+
+
+def _by_group(items, choice, open_items, raw, key: str, seed: int) -> dict:
+    """Per task (or builder): accuracy for choice items, answer NLL for open items."""
+    groups: dict[str, dict] = {}
+    for kind, subset, metric, field in (
+        ("choice", choice, "accuracy", "choice"),
+        ("open", open_items, "answer_nll", "nll"),
+    ):
+        index: dict[str, list[int]] = defaultdict(list)
+        for n, item in enumerate(subset):
+            index[getattr(item, key)].append(n)
+        for name, rows in index.items():
+            base = [raw["base"][field][n] for n in rows]
+            adapter = [raw["adapter"][field][n] for n in rows]
+            if any(math.isnan(v) for v in base + adapter):
+                continue
+            groups[f"{name}" if key == "task" else f"{name} ({kind})"] = {
+                "kind": kind,
+                "metric": metric,
+                "base": summarize(base, seed),
+                "adapter": summarize(adapter, seed),
+                "difference": compare(adapter, base, metric, seed),
+            }
+    return dict(sorted(groups.items()))
+
+
+def _sweep(scorer, scales, choice, open_items, raw, log, n_check: int = 6) -> list[dict]:
+    """Choice accuracy and answer NLL at each strength. Strength 1 is the adapter already scored;
+    strength 0 must reproduce the base: checked on a few items, then the base's scores are used."""
+    rows = []
+    for scale in sorted(set(scales)):
+        row = {"scale": scale}
+        if scale == 1.0:
+            acc, nll = raw["adapter"]["choice"], raw["adapter"]["nll"]
+        elif scale == 0.0:
+            with scorer.variant(0.0):
+                check_nll = scorer.answer_nll(open_items[:n_check])
+                check_acc = choice_correct(
+                    choice[:n_check], scorer.choice_logprobs(choice[:n_check])
+                )
+            pairs = zip(check_nll, raw["base"]["nll"], strict=False)
+            diff = max((abs(a - b) for a, b in pairs if not math.isnan(a)), default=0.0)
+            if diff > SCALE0_TOLERANCE or check_acc != raw["base"]["choice"][:n_check]:
+                raise LexloraError(f"strength 0 does not reproduce the base model (Δ={diff:.2e})")
+            row["max_abs_diff_vs_base"] = diff
+            acc, nll = raw["base"]["choice"], raw["base"]["nll"]
+        else:
+            log(f"eval: sweep, strength {scale}")
+            with scorer.variant(scale):
+                acc = choice_correct(choice, scorer.choice_logprobs(choice))
+                nll = scorer.answer_nll(open_items)
+        row.update(choice_accuracy=_mean(acc), answer_nll=_mean(nll))
+        rows.append(row)
+    return rows
+
+
+def _best_scale(rows: list[dict]) -> float | None:
+    if not rows:
+        return None
+
+    def rank(row: dict) -> tuple[float, float]:
+        nll = row["answer_nll"] if row["answer_nll"] is not None else math.inf
+        return (-(row["choice_accuracy"] or 0), nll) if nll == math.inf else (nll, 0.0)
+
+    return min(rows, key=rank)["scale"]
+
+
+def _worst(gen_items: list[EvalItem], raw: dict, k: int = 10) -> list[dict]:
+    base_f1, adapter_f1 = (
+        raw["base"]["generation"]["token_f1"],
+        raw["adapter"]["generation"]["token_f1"],
+    )
+    order = sorted(range(len(gen_items)), key=lambda n: (adapter_f1[n] - base_f1[n], adapter_f1[n]))
+    return [
+        {
+            "task": gen_items[n].task,
+            "doc_id": gen_items[n].doc_id,
+            "question": gen_items[n].prompt[-1]["content"],
+            "reference": gen_items[n].reference,
+            "base": raw["base"]["outputs"][n],
+            "adapter": raw["adapter"]["outputs"][n],
+            "base_f1": base_f1[n],
+            "adapter_f1": adapter_f1[n],
+        }
+        for n in order[:k]
+    ]
+
+
+def _count_by(items: list[EvalItem], key: str) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for item in items:
+        counts[getattr(item, key)] += 1
+    return dict(sorted(counts.items()))
+
+
+def _mean(values: list[float]) -> float | None:
+    if not values or any(math.isnan(v) for v in values):
+        return None
+    return sum(values) / len(values)

@@ -1,0 +1,55 @@
+"""Turn raw model outputs into per-item scores, aggregates with intervals, and comparisons."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from lexlora.eval.metrics import bootstrap_ci, exact_match, paired_difference, rouge_l, token_f1
+from lexlora.eval.tasks import EvalItem
+
+# metric → True when higher is better
+HIGHER_IS_BETTER = {
+    "accuracy": True,
+    "answer_nll": False,
+    "exact_match": True,
+    "token_f1": True,
+    "rouge_l": True,
+}
+
+
+def choice_correct(items: Sequence[EvalItem], logprobs: Sequence[Sequence[float]]) -> list[float]:
+    """1.0 where the highest-scoring option is the label."""
+    correct = []
+    for item, scores in zip(items, logprobs, strict=True):
+        best = max(range(len(scores)), key=scores.__getitem__)
+        correct.append(float(item.choices[best] == item.label))
+    return correct
+
+
+def generation_scores(items: Sequence[EvalItem], outputs: Sequence[str]) -> dict[str, list[float]]:
+    pairs = list(zip(outputs, (i.reference for i in items), strict=True))
+    return {
+        "exact_match": [exact_match(p, r) for p, r in pairs],
+        "token_f1": [token_f1(p, r) for p, r in pairs],
+        "rouge_l": [rouge_l(p, r) for p, r in pairs],
+    }
+
+
+def summarize(values: Sequence[float], seed: int = 0) -> dict[str, float]:
+    mean, low, high = bootstrap_ci(values, seed=seed)
+    return {"mean": mean, "low": low, "high": high, "n": len(values)}
+
+
+def compare(adapter: Sequence[float], base: Sequence[float], metric: str, seed: int = 0) -> dict:
+    """Paired difference adapter − base, and whether the interval excludes zero either way."""
+    mean, low, high = paired_difference(adapter, base, seed=seed)
+    better = HIGHER_IS_BETTER[metric]
+    improved = (low > 0) if better else (high < 0)
+    worse = (high < 0) if better else (low > 0)
+    return {"mean": mean, "low": low, "high": high, "improved": improved, "worse": worse}
+
+
+def perplexity(nll_summary: dict[str, float]) -> dict[str, float]:
+    """Answer perplexity from per-item mean NLL (exp of the mean and of its interval)."""
+    return {k: (math.exp(v) if k in ("mean", "low", "high") else v) for k, v in nll_summary.items()}

@@ -1,0 +1,149 @@
+"""What to score: the task definitions in ``eval/RECIPE.yaml`` and the held-out items they select.
+
+Each test pair has a ``meta.task`` (definition, category, code_to_description, ...). A task is
+scored either as ``choice`` (the options are in the pair: accuracy by log-likelihood of each option)
+or ``open`` (answer perplexity on the reference; exact match, token F1 and ROUGE-L of a greedy
+generation on a subset). Items whose document is in the training split are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lexlora.errors import LexloraError
+from lexlora.io import read_jsonl
+from lexlora.recipe import REPO_ROOT
+
+
+class TaskSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["choice", "open"]
+    max_items: int = Field(24, gt=0)
+
+
+class EvalSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tasks: dict[str, TaskSpec]
+    generation_items: int = Field(16, ge=0, description="Open items also scored by generation.")
+    max_new_tokens: int = Field(48, gt=0)
+    sanity: str | None = Field(None, description="Fixed, independently labelled items (JSONL).")
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    id: str
+    doc_id: str
+    task: str
+    builder: str
+    kind: str  # "choice" | "open"
+    prompt: list[dict[str, str]]  # system + user messages
+    reference: str
+    choices: tuple[str, ...] = ()
+    label: str | None = None
+
+
+def spec_path(recipe_name: str, tasks_file: str | None) -> Path:
+    return Path(tasks_file) if tasks_file else REPO_ROOT / "eval" / f"{recipe_name}.yaml"
+
+
+def load_spec(path: Path) -> EvalSpec:
+    if not path.is_file():
+        raise LexloraError(f"{path}: no evaluation task definitions (set eval.tasks_file)")
+    try:
+        spec = EvalSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise LexloraError(f"{path}: field '{where}': {err['msg'].lower()}") from None
+    if spec.sanity is not None:
+        spec.sanity = str(path.parent / spec.sanity)
+    return spec
+
+
+def training_documents(data_dir: Path) -> set[str]:
+    manifest = json.loads((data_dir / "manifest.json").read_text(encoding="utf-8"))
+    return set(manifest["split"]["doc_ids"]["train"])
+
+
+def select_items(
+    data_dir: Path, spec: EvalSpec, seed: int, max_items: int | None = None
+) -> tuple[list[EvalItem], int]:
+    """Seeded per-task samples of the test split; returns the items and how many were refused
+    because their document is in the training split."""
+    train_docs = training_documents(data_dir)
+    by_task: dict[str, list[EvalItem]] = {}
+    refused = 0
+    for n, row in enumerate(read_jsonl(data_dir / "test.jsonl")):
+        meta = row["meta"]
+        task = spec.tasks.get(meta["task"])
+        if task is None:
+            continue
+        if meta["doc_id"] in train_docs:
+            refused += 1
+            continue
+        by_task.setdefault(meta["task"], []).append(_item(f"test:{n}", row, task.kind))
+    items = []
+    for name in sorted(by_task):
+        rng = random.Random(f"{seed}:{name}")
+        pool = by_task[name]
+        k = min(spec.tasks[name].max_items, len(pool))
+        items.extend(pool[i] for i in sorted(rng.sample(range(len(pool)), k)))
+    if max_items is not None and len(items) > max_items:
+        rng = random.Random(f"{seed}:all")
+        items = [items[i] for i in sorted(rng.sample(range(len(items)), max_items))]
+    return items, refused
+
+
+def load_sanity(spec: EvalSpec, data_dir: Path) -> tuple[list[EvalItem], int]:
+    """The fixed sanity items whose document is not a training document."""
+    if spec.sanity is None:
+        return [], 0
+    path = Path(spec.sanity)
+    train_docs = training_documents(data_dir)
+    items, refused = [], 0
+    for n, row in enumerate(read_jsonl(path)):
+        if row["doc_id"] in train_docs:
+            refused += 1
+            continue
+        items.append(
+            EvalItem(
+                id=f"sanity:{n}",
+                doc_id=row["doc_id"],
+                task="sanity",
+                builder="sanity",
+                kind="choice",
+                prompt=[{"role": "user", "content": row["question"]}],
+                reference=row["answer"],
+                choices=tuple(row["choices"]),
+                label=row["answer"],
+            )
+        )
+    return items, refused
+
+
+def _item(item_id: str, row: dict, kind: str) -> EvalItem:
+    messages = row["messages"]
+    meta = row["meta"]
+    choices = tuple(meta.get("choices") or ())
+    if kind == "choice" and not choices:
+        raise LexloraError(
+            f"task '{meta['task']}' is defined as choice but its pairs have no options"
+        )
+    return EvalItem(
+        id=item_id,
+        doc_id=meta["doc_id"],
+        task=meta["task"],
+        builder=meta["builder"],
+        kind=kind,
+        prompt=messages[:-1],
+        reference=messages[-1]["content"],
+        choices=choices,
+        label=meta.get("label"),
+    )

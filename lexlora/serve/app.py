@@ -1,0 +1,169 @@
+"""The FastAPI gateway: tenants and the OpenAI protocol in front of an :class:`Engine`.
+
+Routes: ``GET /health`` (no key), ``GET /metrics`` (no key; Prometheus text), ``GET /v1/models``,
+``POST /v1/completions``, ``POST /v1/chat/completions`` (tenant keys) and ``/admin/adapters*``
+(admin key; see :mod:`lexlora.serve.admin`). Every error is OpenAI's error object; a user
+mistake is a 4xx, never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from lexlora.errors import LexloraError
+from lexlora.registry import AdapterStore
+from lexlora.serve.admin import admin_router
+from lexlora.serve.admission import Admission
+from lexlora.serve.auth import require_tenant
+from lexlora.serve.catalog import TenantCatalog
+from lexlora.serve.config import ServeConfig
+from lexlora.serve.engines.base import Engine, EngineError
+from lexlora.serve.errors import ApiError, bad_request
+from lexlora.serve.generation import plan_chat, plan_completion, respond
+from lexlora.serve.metrics import Metrics, MetricsMiddleware
+from lexlora.serve.prompts import PromptEncoder
+from lexlora.serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    now,
+    parse_request,
+)
+from lexlora.serve.residency import ResidentAdapters
+from lexlora.serve.state import Gateway
+from lexlora.serve.tenants import KeyDirectory
+
+log = logging.getLogger("lexlora.serve")
+
+
+def create_app(
+    config: ServeConfig,
+    engine: Engine,
+    prompts: PromptEncoder,
+    store: AdapterStore,
+    base_config_hash: str,
+) -> FastAPI:
+    """The gateway for ``engine`` (started and closed with the app; tenants' adapters preloaded)."""
+    admission = Admission(config.max_queue)
+    metrics = Metrics(lambda: admission.depth, engine.stats)
+    gw = Gateway(
+        config=config,
+        engine=engine,
+        catalog=TenantCatalog(store, config.model_name, base_config_hash),
+        residency=ResidentAdapters(engine, store, config.max_loras),
+        admission=admission,
+        prompts=prompts,
+        keys=KeyDirectory(config),
+        metrics=metrics,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await engine.start()
+        try:
+            await preload(gw)
+            yield
+        finally:
+            await engine.close()
+
+    app = FastAPI(title="lexlora", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.gateway = gw
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    _install_error_handlers(app)
+    app.include_router(admin_router)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": config.model_name}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        tenant = require_tenant(request)
+        return list_models(gw, tenant).model_dump()
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        tenant = require_tenant(request)
+        req = parse_request(CompletionRequest, await request.body())
+        return await respond(gw, plan_completion(gw, tenant, req), request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        tenant = require_tenant(request)
+        req = parse_request(ChatCompletionRequest, await request.body())
+        return await respond(gw, plan_chat(gw, tenant, req), request)
+
+    return app
+
+
+def list_models(gw: Gateway, tenant: str) -> ModelList:
+    """The base model, then each of the tenant's adapters: ``name`` (latest), ``name@alias`` and
+    ``name:version`` for every version."""
+    base = gw.config.model_name
+    created = now()
+    cards = [ModelCard(id=base, created=created, owned_by="lexlora", root=base)]
+    seen: set[str] = set()
+    for av in gw.catalog.adapters(tenant):
+        ids = [f"{av.name}:{av.version}"] + [
+            av.name if alias == "latest" else f"{av.name}@{alias}" for alias in av.aliases
+        ]
+        for model_id in ids:
+            if model_id not in seen:
+                seen.add(model_id)
+                card = ModelCard(
+                    id=model_id, created=created, owned_by=tenant, root=model_id, parent=base
+                )
+                cards.append(card)
+    cards[1:] = sorted(cards[1:], key=lambda c: c.id)
+    return ModelList(data=cards)
+
+
+async def preload(gw: Gateway) -> None:
+    """Load every tenant's listed adapters (a missing one is logged, not fatal)."""
+    for tenant, tc in gw.config.tenants.items():
+        for ref in tc.adapters:
+            try:
+                target = gw.catalog.target(
+                    tenant, ref, lora_scale=None, adapters=None, capabilities=gw.capabilities
+                )
+                await gw.residency.ensure(target)
+            except (ApiError, LexloraError, EngineError) as exc:
+                log.warning("preload %s/%s skipped: %s", tenant, ref, exc)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    def as_response(error: ApiError) -> Response:
+        return Response(error.json_bytes(), error.status, media_type="application/json")
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> Response:
+        return as_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = ".".join(str(p) for p in err["loc"] if p != "body")
+        return as_response(bad_request(f"'{loc}': {err['msg']}", param=loc or None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return as_response(ApiError(exc.status_code, str(exc.detail), type=kind))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        error = ApiError(500, "internal server error", type="server_error")
+        return JSONResponse(error.body(), status_code=500)

@@ -1,0 +1,193 @@
+"""``serve.yaml``: which base model to serve, with which engine and limits, and to whom.
+
+Keys are never stored in clear: a tenant lists the sha256 hex digests of its API keys
+(``lexlora serve keygen TENANT`` prints a new key and the line to paste). Example::
+
+    base_model: smollm2-135m-instruct     # built-in alias, model folder or hub id
+    model_name: base                      # the base model's id in /v1/models
+    store: ~/.cache/lexlora/adapters      # adapter store (default LEXLORA_HOME/adapters)
+    engine: embedded                      # or vllm (a vLLM server: child process or vllm_url)
+    max_loras: 8                          # resident adapters (LRU beyond that)
+    max_batch_size: 8                     # rows decoded together in one forward pass
+    max_queue: 64                         # admitted requests (running + waiting); more → 429
+    batch_wait_ms: 5                      # how long a batch waits for companions
+    max_context: 2048                     # optional cap (default: the model's)
+    threads: 2                            # optional torch threads (1 is best on busy 2-core hosts)
+    max_adapters_per_batch: 1             # embedded: optional cap on adapters per batch (1 = naive
+                                          #   one-adapter-at-a-time scheduling, for benchmarks)
+    # engine: vllm only (see lexlora.serve.engines.vllm)
+    vllm_python: .venv-vllm/bin/python    # default: .venv-vllm (make setup-vllm) here or in the
+                                          #   lexlora checkout
+    vllm_url: http://127.0.0.1:8001       # attach to a running vLLM server instead of starting one
+    max_model_len: 2048                   # --max-model-len (default: max_context, else
+                                          #   min(model's positions, 2048))
+    max_lora_rank: 16                     # --max-lora-rank (1, 8, 16, 32, 64, 128, 256, 320, 512)
+    vllm_kv_cache_gib: 1                  # VLLM_CPU_KVCACHE_SPACE (CPU builds)
+    vllm_startup_timeout: 300             # seconds to wait for the child's /health
+    vllm_args: [--max-num-seqs, "16"]     # extra arguments for the child server
+    admin_key_sha256: 9f86d08…            # optional: enables /admin/*
+    tenants:
+      acme:
+        api_key_sha256: [2c26b46b…]
+        adapters: [contracts@prod]        # loaded at start-up
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lexlora.errors import LexloraError
+from lexlora.registry import parse_ref, validate_name
+
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed --max-lora-rank values
+
+
+def _check_hash(value: str) -> str:
+    if not SHA256_HEX.fullmatch(value):
+        raise ValueError("expected a sha256 hex digest (64 lowercase hex characters)")
+    return value
+
+
+class TenantConfig(BaseModel):
+    """One tenant: the hashes of its API keys and the adapters to load at start-up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_key_sha256: list[str] = Field(min_length=1)
+    adapters: list[str] = []
+
+    @field_validator("api_key_sha256")
+    @classmethod
+    def _hashes(cls, values: list[str]) -> list[str]:
+        return [_check_hash(v) for v in values]
+
+    @field_validator("adapters")
+    @classmethod
+    def _refs(cls, values: list[str]) -> list[str]:
+        for ref in values:
+            try:
+                parse_ref(ref)
+            except LexloraError as exc:
+                raise ValueError(str(exc)) from None
+        return values
+
+
+class ServeConfig(BaseModel):
+    """The whole of ``serve.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str
+    model_name: str = "base"
+    store: Path | None = None
+    engine: Literal["embedded", "vllm"] = "embedded"
+    max_loras: int = Field(8, ge=1)
+    max_batch_size: int = Field(8, ge=1, le=256)
+    max_queue: int = Field(64, ge=1)
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000)
+    max_context: int | None = Field(None, ge=2)
+    threads: int | None = Field(None, ge=1)
+    max_adapters_per_batch: int | None = Field(None, ge=1)
+    vllm_python: Path | None = None
+    vllm_url: str | None = None
+    max_model_len: int | None = Field(None, ge=2)
+    max_lora_rank: int = 16
+    vllm_kv_cache_gib: float = Field(1.0, gt=0)
+    vllm_startup_timeout: float = Field(300.0, gt=0)
+    vllm_args: list[str] = []
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    admin_key_sha256: str | None = None
+    tenants: dict[str, TenantConfig] = {}
+
+    @field_validator("admin_key_sha256")
+    @classmethod
+    def _admin_hash(cls, value: str | None) -> str | None:
+        return None if value is None else _check_hash(value)
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _lora_rank(cls, value: int) -> int:
+        if value not in VLLM_LORA_RANKS:
+            raise ValueError(f"expected one of {', '.join(map(str, VLLM_LORA_RANKS))}")
+        return value
+
+    @field_validator("vllm_url")
+    @classmethod
+    def _vllm_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError("expected an http(s)://HOST:PORT URL")
+        return None if value is None else value.rstrip("/")
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value):
+            raise ValueError("expected a non-empty id without spaces")
+        return value
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, tenants: dict[str, TenantConfig]) -> dict[str, TenantConfig]:
+        for name in tenants:
+            check_tenant_name(name)
+        return tenants
+
+
+def check_tenant_name(name: str) -> str:
+    """A registry tenant name that also keeps internal adapter names (``T--NAME--vN``)
+    unambiguous: no ``--`` inside and no trailing ``-``."""
+    try:
+        validate_name("tenant", name)
+    except LexloraError as exc:
+        raise ValueError(str(exc)) from None
+    if "--" in name or name.endswith("-"):
+        raise ValueError(f"tenant name {name!r}: '--' and a trailing '-' are reserved")
+    return name
+
+
+def load_config(path: Path) -> ServeConfig:
+    """Read and validate ``serve.yaml``; every mistake is one LexloraError naming the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise LexloraError(f"{path}: no such serve config")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise LexloraError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise LexloraError(f"{path}: expected a mapping of keys (base_model, tenants, …)")
+    return validate_config(raw, str(path))
+
+
+def validate_config(raw: dict[str, Any], source: str = "<serve config>") -> ServeConfig:
+    try:
+        return ServeConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise LexloraError(f"{source}: {_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    messages = []
+    for err in exc.errors():
+        dotted = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            model = TenantConfig if len(err["loc"]) > 1 else ServeConfig
+            match = difflib.get_close_matches(str(err["loc"][-1]), list(model.model_fields), n=1)
+            hint = f" (did you mean '{match[0]}'?)" if match else ""
+            messages.append(f"unknown key '{dotted}'{hint}")
+        elif err["type"] == "missing":
+            messages.append(f"missing required key '{dotted}'")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            messages.append(f"key '{dotted}': {msg}{shown}")
+    return "; ".join(messages)

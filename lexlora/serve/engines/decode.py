@@ -1,0 +1,175 @@
+"""A running batch: rows for any mix of adapters decoded together, one forward pass per step.
+
+Rows are left-padded in one KV cache (``DynamicCache``). New rows join between steps: they are
+prefilled together in one pass and their cache is padded on the left to the batch's length and
+appended; finished or cancelled rows leave, and columns that became padding for every row are
+trimmed. Each row carries its own positions, adapter name, sampling settings and limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from transformers import DynamicCache
+
+from lexlora.serve.engines.base import TextDelta
+from lexlora.serve.engines.rows import Row, choose_tokens
+
+# forward(input_ids, attention_mask, position_ids, cache, adapter_names) -> last-position logits
+Forward = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, DynamicCache, list[str]], torch.Tensor
+]
+
+
+def _pad_left(t: torch.Tensor, extra: int, dim: int) -> torch.Tensor:
+    if extra == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = extra
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+class DecodeBatch:
+    """Rows being decoded, their shared KV cache and attention mask."""
+
+    def __init__(
+        self,
+        forward: Forward,
+        decode: Callable[[list[int]], str],
+        *,
+        pad_id: int,
+        eos_ids: set[int],
+        max_context: int,
+    ) -> None:
+        self._forward = forward
+        self._decode = decode
+        self._pad_id = pad_id
+        self._eos_ids = eos_ids
+        self._max_context = max_context
+        self.rows: list[Row] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # [rows, cached columns], 1 = real token
+        self.generated_tokens = 0
+        self.peak_rows = 0  # most rows in one forward pass so far
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, rows: list[Row]) -> None:
+        """Prefill ``rows`` in one pass, choose their first tokens and join them to the batch."""
+        rows = [r for r in rows if not r.cancelled.is_set()]
+        if not rows:
+            return
+        for row in rows:
+            row.start(self._decode)
+        width = max(r.prompt_len for r in rows)
+        ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - row.prompt_len :] = torch.tensor(row.request.prompt_ids)
+            mask[i, width - row.prompt_len :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self._forward(ids, mask, positions, cache, [r.peft_adapter for r in rows])
+        self._join(rows, cache, mask)
+        self._advance(rows, logits)
+
+    def step(self) -> None:
+        """One decode step for every row (one forward pass), then drop the rows that ended."""
+        self._drop_cancelled()
+        if not self.rows:
+            return
+        ids = torch.tensor([[r.generated[-1]] for r in self.rows])
+        positions = torch.tensor([[r.prompt_len + len(r.generated) - 1] for r in self.rows])
+        assert self._mask is not None and self._cache is not None
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(self.rows), 1))], dim=1)
+        adapters = [r.peft_adapter for r in self.rows]
+        self.peak_rows = max(self.peak_rows, len(self.rows))
+        logits = self._forward(ids, self._mask, positions, self._cache, adapters)
+        self._advance(self.rows, logits)
+
+    def fail(self, error: BaseException) -> None:
+        """Tell every row the batch failed, and empty it."""
+        for row in self.rows:
+            if not row.done:
+                row.done = True
+                row.emit(error)
+        self.rows, self._cache, self._mask = [], None, None
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _advance(self, rows: list[Row], logits: torch.Tensor) -> None:
+        for row, token in zip(rows, choose_tokens(logits, rows), strict=True):
+            if row.cancelled.is_set():
+                row.done = True
+                continue
+            row.generated.append(token)
+            self.generated_tokens += 1
+            self._check_end(row, token)
+        self._prune()
+
+    def _check_end(self, row: Row, token: int) -> None:
+        sampling = row.request.sampling
+        assert row.text is not None
+        if token in self._eos_ids and not sampling.ignore_eos:
+            self._emit_text(row, row.text.flush(row.generated[:-1]))
+            row.finish("stop")
+            return
+        delta, stopped = row.text.advance(row.generated)
+        if stopped:
+            self._emit_text(row, delta)
+            row.finish("stop")
+        elif (
+            len(row.generated) >= sampling.max_tokens
+            or row.prompt_len + len(row.generated) >= self._max_context
+        ):
+            self._emit_text(row, delta + row.text.flush(row.generated))
+            row.finish("length")
+        else:
+            self._emit_text(row, delta)
+
+    @staticmethod
+    def _emit_text(row: Row, text: str) -> None:
+        if text:
+            row.emit(TextDelta(text))
+
+    def _drop_cancelled(self) -> None:
+        for row in self.rows:
+            if row.cancelled.is_set():
+                row.done = True
+        self._prune()
+
+    def _join(self, rows: list[Row], cache: DynamicCache, mask: torch.Tensor) -> None:
+        if self._cache is None or self._mask is None or not self.rows:
+            self.rows, self._cache, self._mask = list(rows), cache, mask
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+        old_extra, new_extra = width - self._mask.shape[1], width - mask.shape[1]
+        for old, new in zip(self._cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat(
+                [_pad_left(old.keys, old_extra, 2), _pad_left(new.keys, new_extra, 2)]
+            )
+            old.values = torch.cat(
+                [_pad_left(old.values, old_extra, 2), _pad_left(new.values, new_extra, 2)]
+            )
+        self._mask = torch.cat([_pad_left(self._mask, old_extra, 1), _pad_left(mask, new_extra, 1)])
+        self.rows += rows
+
+    def _prune(self) -> None:
+        """Remove ended rows from the batch, then padding columns no row needs any more."""
+        keep = [i for i, r in enumerate(self.rows) if not r.done]
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if not keep or self._cache is None or self._mask is None:
+            self.rows, self._cache, self._mask = [], None, None
+            return
+        index = torch.tensor(keep)
+        self._mask = self._mask[index]
+        used = self._mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        self._mask = self._mask[:, start:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys[index, :, start:]
+            layer.values = layer.values[index, :, start:]

@@ -1,0 +1,327 @@
+"""The embedded engine: transformers + PEFT in this process (fp32 on CPU).
+
+One base model; every resident adapter lives in one ``PeftModel`` under its internal name. A worker
+thread owns the model: it decodes a :class:`DecodeBatch` (rows for different adapters in one forward
+pass, PEFT mixed-adapter batches via ``adapter_names``), takes new rows from the :class:`Batcher`
+between steps, and runs adapter loads/unloads between steps too, so they never race a forward.
+
+Exact weighted adapters (``load_weighted_adapter``): one part is a copy whose LoRA ``scaling`` is
+multiplied by the weight (what ``peft.helpers.rescale_adapter_scale`` does, but for that copy
+only); several parts are combined by PEFT ``add_weighted_adapter(..., combination_type="cat")``.
+
+``max_adapters_per_batch`` (default: no limit) caps how many different adapters (the base counts as
+one) share a running batch; rows for others wait. 1 is the naive one-adapter-at-a-time server
+that ``scripts/bench_serve.py`` compares mixed batching with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from lexlora.serve.batcher import Batcher
+from lexlora.serve.engines.base import (
+    AdapterPart,
+    Engine,
+    EngineError,
+    EngineStats,
+    Finished,
+    GenerationRequest,
+    TextDelta,
+)
+from lexlora.serve.engines.decode import DecodeBatch
+from lexlora.serve.engines.rows import Event, Row
+
+log = logging.getLogger("lexlora.serve")
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Every id that ends a completion: the config's, the generation config's, the tokenizer's."""
+    ids: set[int] = set()
+    for source in (model.config, getattr(model, "generation_config", None)):
+        value = getattr(source, "eos_token_id", None)
+        ids.update([value] if isinstance(value, int) else value or [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+class EmbeddedEngine(Engine):
+    name = "embedded"
+    supports_scale = True
+    supports_composition = True
+
+    def __init__(
+        self,
+        base_path: str,
+        *,
+        max_batch_size: int = 8,
+        batch_wait_ms: float = 5.0,
+        max_context: int | None = None,
+        threads: int | None = None,
+        max_adapters_per_batch: int | None = None,
+    ) -> None:
+        if threads:  # process-wide; on a busy 2-core host 1 thread beats 2 for small matrices
+            torch.set_num_threads(threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(base_path)
+        self._model: Any = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        self._model.eval()
+        self._peft: PeftModel | None = None
+        self._adapters: set[str] = set()  # worker thread only
+        self._resident: tuple[str, ...] = ()  # a snapshot for other threads
+        limit = getattr(self._model.config, "max_position_embeddings", None) or 2048
+        self._max_context = min(max_context or limit, limit)
+        self._max_batch_size = max_batch_size
+        self._max_adapters = max_adapters_per_batch
+        self._eos_ids = eos_token_ids(self._model, self.tokenizer)
+        pad = self.tokenizer.pad_token_id
+        self._pad_id = pad if pad is not None else min(self._eos_ids, default=0)
+        self._batcher: Batcher[Row] = Batcher(batch_wait_ms / 1000)
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future]] = (
+            queue.SimpleQueue()
+        )
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._running = 0
+        self._generated = 0
+        self._peak = 0
+
+    @property
+    def max_context(self) -> int:
+        return self._max_context
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="lexlora-engine", daemon=True)
+            self._thread.start()
+
+    async def close(self) -> None:
+        self._stopping.set()
+        self._batcher.wake()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
+            self._thread = None
+
+    # -- adapters (run on the worker thread, between decode steps) ------------------------------
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        await self._call(lambda: self._load(name, path))
+
+    async def load_weighted_adapter(self, name: str, parts: Sequence[AdapterPart]) -> None:
+        if not parts:
+            raise EngineError("a weighted adapter needs at least one part")
+        await self._call(lambda: self._load_weighted(name, list(parts)))
+
+    async def unload_adapter(self, name: str) -> None:
+        await self._call(lambda: self._unload(name))
+
+    def _load(self, name: str, path: Path) -> None:
+        if name in self._adapters:
+            return
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(
+                self._model, str(path), adapter_name=name, is_trainable=False
+            )
+        else:
+            self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        self._peft.eval()
+        self._adapters.add(name)
+
+    def _load_weighted(self, name: str, parts: list[AdapterPart]) -> None:
+        if name in self._adapters:
+            return
+        if len(parts) == 1:
+            self._load(name, parts[0].path)
+            assert self._peft is not None
+            for module in self._peft.modules():
+                if isinstance(module, LoraLayer) and name in module.scaling:
+                    module.scaling[name] *= parts[0].weight
+            return
+        temps: list[str] = []
+        try:
+            for part in parts:
+                temps.append(f"tmp-{uuid.uuid4().hex}")
+                self._load(temps[-1], part.path)
+            assert self._peft is not None
+            weights = [p.weight for p in parts]
+            try:
+                self._peft.add_weighted_adapter(temps, weights, name, combination_type="cat")
+            except (ValueError, TypeError) as exc:  # PEFT refuses this combination
+                raise EngineError(f"these adapters cannot be combined: {exc}") from None
+            self._peft.eval()
+            self._adapters.add(name)
+        finally:
+            for temp in temps:
+                self._unload(temp)
+
+    def _unload(self, name: str) -> None:
+        if name not in self._adapters or self._peft is None:
+            return
+        self._adapters.discard(name)
+        if self._adapters:
+            self._peft.delete_adapter(name)
+        else:  # the last one: back to the plain base model
+            self._model = self._peft.unload()
+            self._peft = None
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        if self._thread is None:
+            raise RuntimeError("the engine is not started")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((fn, future))
+        self._batcher.wake()
+        return await asyncio.wrap_future(future)
+
+    def _run_jobs(self) -> None:
+        while True:
+            try:
+                fn, future = self._jobs.get_nowait()
+            except queue.Empty:
+                self._resident = tuple(sorted(self._adapters))
+                return
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+    # -- generation -----------------------------------------------------------------------------
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Finished]:
+        if not request.prompt_ids:
+            raise EngineError("the prompt is empty")
+        if len(request.prompt_ids) >= self._max_context:
+            raise EngineError(f"the prompt is longer than the context ({self._max_context})")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def emit(event: Event) -> None:
+            with contextlib.suppress(RuntimeError):  # the event loop is gone (shutdown)
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+        row = Row(request, emit)
+        self._batcher.put(row)
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            row.cancelled.set()  # a no-op for a finished row; stops one still running
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            waiting=len(self._batcher),
+            running=self._running,
+            generated_tokens=self._generated,
+            peak_batch=self._peak,
+            resident_adapters=list(self._resident),
+        )
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+        adapters: list[str],
+    ) -> torch.Tensor:
+        kwargs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": positions,
+            "cache": cache,
+            "use_cache": True,
+            "logits_to_keep": 1,
+        }
+        if self._peft is None:
+            out = self._model(**kwargs)
+        else:
+            out = self._peft(**kwargs, adapter_names=adapters)
+        return out.logits[:, -1, :]
+
+    def _accept(self, rows: list[Row]) -> list[Row]:
+        """Rows whose adapter is resident; the others get an error (never base output)."""
+        accepted = []
+        for row in rows:
+            adapter = row.request.adapter
+            if adapter is not None and adapter not in self._adapters:
+                row.done = True
+                row.emit(EngineError(f"adapter {adapter!r} is not loaded"))
+            else:
+                accepted.append(row)
+        return accepted
+
+    def _limit_adapters(self, running: list[Row], rows: list[Row]) -> list[Row]:
+        """The rows that keep the batch within ``max_adapters_per_batch`` adapters; the others go
+        back to the front of the queue."""
+        assert self._max_adapters is not None
+        groups = {r.request.adapter for r in running}
+        keep, back = [], []
+        for row in rows:
+            adapter = row.request.adapter
+            if adapter in groups or len(groups) < self._max_adapters:
+                groups.add(adapter)
+                keep.append(row)
+            else:
+                back.append(row)
+        if back:
+            self._batcher.put_back(back)
+        return keep
+
+    def _serve(self) -> None:
+        batch = DecodeBatch(
+            self._forward,
+            self._decode,
+            pad_id=self._pad_id,
+            eos_ids=self._eos_ids,
+            max_context=self._max_context,
+        )
+        with torch.no_grad():
+            while not self._stopping.is_set():
+                self._run_jobs()
+                room = self._max_batch_size - len(batch)
+                if room > 0:
+                    new = self._accept(self._batcher.take(room, block=not batch.rows))
+                    if self._max_adapters:
+                        new = self._limit_adapters(batch.rows, new)
+                    try:
+                        batch.add(new)
+                    except Exception as exc:
+                        log.exception("prefill failed")
+                        for row in new:
+                            if not row.done:
+                                row.done = True
+                                row.emit(exc)
+                try:
+                    batch.step()
+                except Exception as exc:
+                    log.exception("decode step failed")
+                    batch.fail(exc)
+                self._running = len(batch)
+                self._generated = batch.generated_tokens
+                self._peak = batch.peak_rows
+        batch.fail(EngineError("the server is shutting down"))

@@ -1,0 +1,106 @@
+"""One generating row: its request, sampling state, and the text it has let out so far.
+
+Text is re-decoded from all generated ids at every step (exact, cheap at these lengths); what could
+still turn into a stop string, or is an incomplete UTF-8 character, is held back until it is known.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from lexlora.serve.engines.base import Finished, GenerationRequest, TextDelta
+
+Event = TextDelta | Finished | BaseException
+PEFT_BASE = "__base__"  # PEFT's adapter name for "no adapter" in mixed batches
+
+
+class StopText:
+    """Incremental text with stop strings: ``advance`` returns (new text, stop string found)."""
+
+    def __init__(self, decode: Callable[[list[int]], str], stops: tuple[str, ...]) -> None:
+        self._decode = decode
+        self._stops = stops
+        self._longest = max((len(s) for s in stops), default=0)
+        self.emitted = 0  # characters already let out
+
+    def advance(self, ids: list[int]) -> tuple[str, bool]:
+        text = self._decode(ids)
+        cuts = [i for i in (text.find(s) for s in self._stops) if i >= 0]
+        if cuts:
+            return self._let_out(text[: min(cuts)], len(text)), True
+        safe = len(text.rstrip("\ufffd"))
+        for k in range(min(self._longest - 1, safe), 0, -1):
+            tail = text[safe - k : safe]
+            if any(s.startswith(tail) for s in self._stops):
+                safe -= k
+                break
+        return self._let_out(text, safe), False
+
+    def flush(self, ids: list[int]) -> str:
+        """Everything not yet let out (the row ended without a stop string)."""
+        text = self._decode(ids)
+        return self._let_out(text, len(text))
+
+    def _let_out(self, text: str, upto: int) -> str:
+        upto = min(upto, len(text))
+        if upto <= self.emitted:
+            return ""
+        delta = text[self.emitted : upto]
+        self.emitted = upto
+        return delta
+
+
+@dataclass
+class Row:
+    """A request being decoded, and where its events go (``emit`` is thread-safe)."""
+
+    request: GenerationRequest
+    emit: Callable[[Event], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    generated: list[int] = field(default_factory=list)
+    text: StopText | None = None
+    generator: torch.Generator | None = None
+    done: bool = False
+
+    @property
+    def peft_adapter(self) -> str:
+        return self.request.adapter or PEFT_BASE
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.request.prompt_ids)
+
+    def start(self, decode: Callable[[list[int]], str]) -> None:
+        """Prepare the text tracker and a seeded random generator (sampling only)."""
+        sampling = self.request.sampling
+        self.text = StopText(decode, sampling.stop)
+        if sampling.temperature > 0:
+            seed = sampling.seed if sampling.seed is not None else random.getrandbits(63)
+            self.generator = torch.Generator().manual_seed(seed)
+
+    def finish(self, reason: str) -> None:
+        self.done = True
+        self.emit(Finished(reason, self.prompt_len, len(self.generated)))
+
+
+def choose_tokens(logits: torch.Tensor, rows: list[Row]) -> list[int]:
+    """The next token of every row: argmax at temperature 0, else seeded top-p sampling."""
+    greedy = logits.argmax(dim=-1).tolist()
+    chosen = []
+    for i, row in enumerate(rows):
+        sampling = row.request.sampling
+        if sampling.temperature == 0:
+            chosen.append(greedy[i])
+            continue
+        probs = torch.softmax(logits[i].float() / sampling.temperature, dim=-1)
+        if sampling.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            keep = sorted_probs.cumsum(0) - sorted_probs < sampling.top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+        chosen.append(int(torch.multinomial(probs, 1, generator=row.generator)))
+    return chosen

@@ -1,0 +1,263 @@
+"""The OpenAI shapes the gateway speaks: completions, chat completions (plain and streamed chunks)
+and the models list. Requests are validated strictly (``"5"`` is not an integer); unknown fields
+are ignored, as OpenAI clients send new ones over time.
+
+lexlora extensions (ignored by clients that do not send them): ``lora_scale`` (0–2, 0 = base),
+``adapters`` (weighted composition of the caller's own adapters) and vLLM's ``ignore_eos``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lexlora.serve.errors import ApiError, bad_request
+
+MAX_STOP_SEQUENCES = 16
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class AdapterWeight(_Strict):
+    name: str
+    weight: float = Field(ge=-2.0, le=2.0)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _GenerationRequest(_Strict):
+    """Fields shared by completions and chat completions."""
+
+    model: str
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=128)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # lexlora extensions
+    lora_scale: float | None = Field(None, ge=0.0, le=2.0)
+    adapters: Annotated[list[AdapterWeight], Field(min_length=1, max_length=8)] | None = None
+    ignore_eos: bool = False
+
+    def stop_list(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [s for s in stops if s]
+
+    def check_supported(self) -> None:
+        """400 for standard OpenAI options this server does not implement."""
+        if self.n != 1:
+            raise bad_request("only n=1 is supported", param="n")
+        if self.presence_penalty or self.frequency_penalty:
+            param = "presence_penalty" if self.presence_penalty else "frequency_penalty"
+            raise bad_request(f"'{param}' is not supported (send 0 or leave it out)", param=param)
+        if self.logit_bias:
+            raise bad_request("'logit_bias' is not supported", param="logit_bias")
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    max_tokens: int | None = Field(16, ge=1)
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20)
+    best_of: int | None = Field(None, ge=1)
+    suffix: str | None = None
+
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        for name, value in (("echo", self.echo), ("logprobs", self.logprobs)):
+            if value:
+                raise bad_request(f"'{name}' is not supported", param=name)
+        if self.best_of not in (None, 1):
+            raise bad_request("only best_of=1 is supported", param="best_of")
+        if self.suffix:
+            raise bad_request("'suffix' is not supported", param="suffix")
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[dict] | None = None
+    response_format: dict | None = None
+
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.logprobs or self.top_logprobs:
+            raise bad_request("'logprobs' is not supported", param="logprobs")
+        if self.tools:
+            raise bad_request("'tools' (function calling) is not supported", param="tools")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise bad_request("only response_format type 'text' is supported", "response_format")
+
+
+RequestT = TypeVar("RequestT", bound=_GenerationRequest)
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "literal"}
+
+
+def field_path(loc: tuple) -> str:
+    """``("adapters", 0, "weight")`` → ``adapters.0.weight``; pydantic's union-member tags
+    (``str``, ``list[str]``, …) are left out."""
+    parts = []
+    for part in loc:
+        if isinstance(part, int) or (_FIELD.match(part) and part not in _TYPE_TAGS):
+            parts.append(str(part))
+        else:
+            break
+    return ".".join(parts)
+
+
+def parse_request(model: type[RequestT], body: bytes) -> RequestT:
+    """Validate a JSON body; the first problem becomes a 400 naming the field."""
+    try:
+        request = model.model_validate_json(body or b"")
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = field_path(err["loc"])
+        if err["type"] == "json_invalid" or not loc:
+            raise bad_request(
+                f"the request body is not a valid JSON object: {err['msg']}"
+            ) from None
+        if err["type"] == "missing":
+            raise bad_request(f"'{loc}' is required", param=loc) from None
+        raise bad_request(f"'{loc}': {err['msg']} (got {err.get('input')!r})", param=loc) from None
+    request.check_supported()
+    return request
+
+
+# --- responses ----------------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt: int, completion: int) -> Usage:
+        return cls(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    root: str
+    parent: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def error_payload(error: ApiError) -> str:
+    """An error as the ``data:`` of a server-sent event (after the stream has started)."""
+    return error.json_bytes().decode()

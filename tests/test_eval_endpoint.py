@@ -1,0 +1,72 @@
+"""`lexlora eval --endpoint`: the same evaluation through the project's own OpenAI server."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import yaml
+from conftest import running_server
+from test_eval import run_recipe
+
+from lexlora.data.build import dataset_dir
+from lexlora.eval.endpoint import EndpointScorer
+from lexlora.eval.local import load_local_scorer
+from lexlora.eval.runner import evaluate
+from lexlora.eval.tasks import load_spec, select_items, spec_path
+from lexlora.export.exporter import export_run
+from lexlora.registry import AdapterStore
+
+KEY = "sk-eval-endpoint"
+SPEC = {
+    "tasks": {
+        "modality": {"kind": "choice", "max_items": 4},
+        "section": {"kind": "open", "max_items": 4},
+        "obligation": {"kind": "open", "max_items": 2},
+    },
+    "generation_items": 4,
+    "max_new_tokens": 10,
+}
+
+
+@pytest.fixture(scope="module")
+def endpoint(tiny_model, tiny_run, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval-endpoint")
+    store = AdapterStore(tmp / "store")
+    export_run(tiny_run, "acme", "contracts", store=store, log=lambda *_: None)
+    config = {
+        "base_model": str(tiny_model),
+        "store": str(store.root),
+        "threads": 1,
+        "tenants": {"acme": {"api_key_sha256": [hashlib.sha256(KEY.encode()).hexdigest()]}},
+    }
+    with running_server(config, tmp) as (url, _):
+        yield url
+
+
+def test_endpoint_generations_equal_in_process_ones(endpoint, tiny_model, tiny_run, tmp_path):
+    recipe = run_recipe(tiny_run, tmp_path, SPEC)
+    remote = EndpointScorer(endpoint, KEY, "base", "contracts", str(tiny_model))
+    local = load_local_scorer(str(tiny_model), tiny_run / "adapter")
+    spec = load_spec(spec_path(recipe.name, recipe.eval.tasks_file))
+    items, _ = select_items(dataset_dir(recipe), spec, seed=0)
+    open_items = [i for i in items if i.kind == "open"][:3]
+    assert len(open_items) == 3
+    for scale in (None, 1.0):
+        with remote.variant(scale), local.variant(scale):
+            assert remote.generate(open_items, 10) == local.generate(open_items, 10)
+
+
+def test_endpoint_eval_writes_a_report(endpoint, tiny_model, tiny_run, tmp_path):
+    recipe = run_recipe(tiny_run, tmp_path, SPEC)
+    recipe = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"sweep": [1.0]})})
+    remote = EndpointScorer(endpoint, KEY, "base", "contracts", str(tiny_model))
+    result = evaluate(recipe, remote, dataset_dir(recipe), "contracts", out_root=tmp_path / "r")
+    head = result.metrics["headline"]
+    assert {"choice_accuracy", "token_f1"} <= set(head), result.metrics["items"]
+    # this server offers no prompt log-probabilities (echo): answer loss is reported as unavailable
+    assert "answer_nll" not in head and remote.echo_supported is False
+    assert (result.report_dir / "report.html").is_file()
+    assert (
+        yaml.safe_load((result.report_dir / "metrics.json").read_text())["adapter"] == "contracts"
+    )
