@@ -177,6 +177,18 @@ def test_bad_exports_leave_the_store_unchanged(tiny_run, store, tmp_path):
             ),
             "not found",
         ),
+        (
+            lambda: export_run(
+                tiny_run,
+                "acme",
+                "x",
+                store=store,
+                combine=[CombinePart("acme/contracts", 0.4)],
+                combine_method="cat",
+                max_rank=8,
+            ),
+            "would have rank 16",
+        ),
     ]
     for call, message in cases:
         with pytest.raises(LexloraError, match=message):

@@ -23,7 +23,13 @@ def export(
         list[str] | None,
         typer.Option(help="Another adapter REF:WEIGHT (tenant/name[:version] or a folder)."),
     ] = None,
-    combine_method: Annotated[str, typer.Option(help="linear | cat | svd | ties")] = "linear",
+    combine_method: Annotated[
+        str,
+        typer.Option(
+            help="cat: exact weighted sum of the updates (rank adds up); svd: that sum at the "
+            "largest input rank; linear/ties: PEFT's factor-wise mixes (equal ranks)."
+        ),
+    ] = "linear",
     merge: Annotated[
         Path | None, typer.Option(help="Also write a merged full model (safetensors) here.")
     ] = None,

@@ -123,7 +123,9 @@ def export_run(
     final = "trained"
     parts = combine or []
     if parts:
-        final = _combine(peft_model, adapter, parts, weight, combine_method, store, base_hash)
+        final = _combine(
+            peft_model, adapter, parts, weight, combine_method, store, base_hash, max_rank
+        )
     if scale != 1.0:
         bake_scale(peft_model, final, scale)
     peft_model.set_adapter(final)
@@ -172,8 +174,9 @@ def bake_scale(model: PeftModel, adapter_name: str, scale: float) -> None:
                 lora_b[adapter_name].weight.mul_(scale)
 
 
-def _combine(model, adapter, parts, weight, method, store, base_hash) -> str:
+def _combine(model, adapter, parts, weight, method, store, base_hash, max_rank) -> str:
     names, weights = ["trained"], [weight]
+    sum_ranks = adapter.rank
     for i, part in enumerate(parts):
         folder, part_hash = _resolve_part(part.ref, store)
         other = read_adapter(folder)
@@ -185,9 +188,16 @@ def _combine(model, adapter, parts, weight, method, store, base_hash) -> str:
                 f"{adapter.rank}; '{method}' needs equal ranks (use --combine-method cat or svd)"
             )
         check_targets_exist(other, model)
+        sum_ranks += other.rank
         model.load_adapter(str(folder), adapter_name=f"part{i}")
         names.append(f"part{i}")
         weights.append(part.weight)
+    if method == "cat" and sum_ranks > max_rank:
+        raise LexloraError(
+            f"--combine-method cat: the combined adapter would have rank {sum_ranks} (the sum of "
+            f"the ranks), above export.max_lora_rank={max_rank}; use linear or svd, or raise "
+            "--max-lora-rank"
+        )
     extra = {"density": 0.5} if method == "ties" else {}
     model.add_weighted_adapter(names, weights, "combined", combination_type=method, **extra)
     for name in names:
