@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--endpoint-model")
     parser.add_argument("--endpoint-base", default="base")
     parser.add_argument("--api-key", default="none")
+    parser.add_argument("--skip-in-process", action="store_true")
     parser.add_argument("--out", default="reports/bench/bench_eval.json")
     args = parser.parse_args()
     quiet_libraries()
@@ -61,8 +62,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         from lexlora.eval.local import load_local_scorer
 
-        scorer = load_local_scorer(recipe.model.base, latest_run_dir(recipe) / "adapter")
-        results["in-process"] = timed(recipe, scorer, "bench", Path(tmp))
+        if not args.skip_in_process:
+            scorer = load_local_scorer(recipe.model.base, latest_run_dir(recipe) / "adapter")
+            results["in-process"] = timed(recipe, scorer, "bench", Path(tmp))
         if args.endpoint:
             from lexlora.eval.endpoint import EndpointScorer
 

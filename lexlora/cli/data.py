@@ -45,4 +45,10 @@ def print_data_summary(manifest: dict, out: Path) -> None:
         f"leakage: test answers share {leak['mean_overlap']:.1%} of their {leak['ngram']}-grams "
         f"with training on average (limit {leak['max_overlap']:.0%})"
     )
+    if teacher := manifest.get("teacher"):
+        console.print(
+            f"teacher {teacher['model']}: {teacher['requests']} requests, "
+            f"{teacher['cache_hits']} cached, {teacher['accepted']} accepted, "
+            f"rejected {teacher['rejected'] or 0}"
+        )
     console.print(f"[green]wrote[/] {out}/{{train,validation,test}}.jsonl and manifest.json")

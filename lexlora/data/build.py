@@ -17,7 +17,7 @@ from typing import Any
 from lexlora import __version__
 from lexlora.corpora.catalog import CorpusReadReport, corpus_manifest, load_documents
 from lexlora.corpora.document import Document
-from lexlora.data.builders import BuildContext, DocumentView, get_builder
+from lexlora.data.builders import BuildContext, DocumentView, get_builder, teacher
 from lexlora.data.clean import clean_text, compile_boilerplate, find_duplicates
 from lexlora.data.leakage import measure_leakage
 from lexlora.data.pairs import Pair
@@ -50,9 +50,7 @@ def build_dataset(
     raw_docs = _limit(raw_docs, cfg.max_documents, cfg.split.seed)
     if not raw_docs:
         raise LexloraError(f"corpus '{cfg.corpus}': no documents to build from")
-    sources_sha256 = sha256_text(
-        dumps_canonical([[d.id, sha256_text(d.text)] for d in raw_docs])
-    )
+    sources_sha256 = sha256_text(dumps_canonical([[d.id, sha256_text(d.text)] for d in raw_docs]))
 
     docs, skipped, warnings, scrub_counts = _clean_and_scrub(raw_docs, cfg)
     duplicates = []
@@ -73,12 +71,15 @@ def build_dataset(
 
     ctx = BuildContext(cfg.system_prompt, cfg.split.seed, _label_values(docs))
     pairs: dict[str, list[Pair]] = {split: [] for split in SPLITS}
-    for i, doc in enumerate(docs):
-        view = DocumentView(doc)
-        for name, build in builders.items():
-            pairs[assignment[doc.id]].extend(build(view, cfg.builders[name], ctx))
-        if progress is not None:
-            progress(i + 1, len(docs))
+    try:
+        for i, doc in enumerate(docs):
+            view = DocumentView(doc)
+            for name, build in builders.items():
+                pairs[assignment[doc.id]].extend(build(view, cfg.builders[name], ctx))
+            if progress is not None:
+                progress(i + 1, len(docs))
+    finally:
+        teacher_summary = teacher.finish(ctx)
     pairs["train"] = _weight_training_pairs(pairs["train"], cfg)
 
     leakage = measure_leakage(
@@ -133,6 +134,8 @@ def build_dataset(
         "leakage": leakage.as_dict(),
         "files": files,
     }
+    if teacher_summary is not None:
+        manifest["teacher"] = teacher_summary
     write_json(out / "manifest.json", manifest)
     return manifest
 
@@ -158,7 +161,13 @@ def _clean_and_scrub(docs: list[Document], cfg: DataConfig):
     scrub_counts: Counter[str] = Counter()
     for doc in docs:
         text = clean_text(doc.text, cfg.clean.unicode_form, boilerplate)
-        reason = "empty" if not text.strip() else "too-short" if len(text) < cfg.clean.min_chars else None
+        reason = (
+            "empty"
+            if not text.strip()
+            else "too-short"
+            if len(text) < cfg.clean.min_chars
+            else None
+        )
         if reason:
             skipped[reason] += 1
             warnings.append(f"{doc.id}: skipped ({reason})")
@@ -168,7 +177,9 @@ def _clean_and_scrub(docs: list[Document], cfg: DataConfig):
             text = result.text
             scrub_counts.update(result.counts)
         kept.append(doc.model_copy(update={"text": text}))
-    counts = {k: scrub_counts.get(k, 0) for k in sorted(cfg.scrub.types)} if cfg.scrub.enabled else {}
+    counts = (
+        {k: scrub_counts.get(k, 0) for k in sorted(cfg.scrub.types)} if cfg.scrub.enabled else {}
+    )
     return kept, skipped, warnings, counts
 
 

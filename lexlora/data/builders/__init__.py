@@ -15,6 +15,7 @@ from lexlora.data.builders import (
     obligations,
     section_qa,
     summary,
+    teacher,
 )
 from lexlora.data.builders.base import BuildContext, DocumentView
 from lexlora.data.pairs import Pair
@@ -29,6 +30,7 @@ BUILDERS: dict[str, Builder] = {
     "obligations": obligations.build,
     "clause_classification": clause_classification.build,
     "summary": summary.build,
+    "teacher": teacher.build,
     "icd_code_to_description": icd10.build_code_to_description,
     "icd_description_to_code": icd10.build_description_to_code,
     "icd_notes": icd10.build_notes,

@@ -1,0 +1,291 @@
+"""``teacher``: question/answer pairs written by a teacher model behind an OpenAI-compatible API.
+
+The document (already cleaned and scrubbed: the teacher never sees raw personal data) is cut into
+chunks of whole clauses; each chunk is sent with a prompt asking for JSON
+``[{"question": ..., "answer": ...}]`` grounded in it. A reply is kept only if it parses (a
+```json fence is tolerated), fits the schema, has non-empty strings, the answer's content words
+appear in the chunk (``min_support``) and no personal-data placeholder (``[EMAIL]``, …) leaked.
+Every pair records the chunk's span, the teacher model and the prompt id; the run's summary
+(requests, cache hits, accepted and rejected pairs by reason) goes into the data manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from lexlora.data.builders.base import BuildContext, DocumentView, clause_excerpt, options
+from lexlora.data.pairs import Pair, make_pair
+from lexlora.data.segment import split_clauses
+from lexlora.data.teacher_client import (
+    TeacherClient,
+    TeacherSettings,
+    resolve_api_key,
+)
+from lexlora.errors import LexloraError
+from lexlora.recipe import BuilderConfig
+
+NAME = "teacher"
+DEFAULTS: dict[str, Any] = {
+    "base_url": None,
+    "model": None,
+    "api_key_env": None,
+    "pairs_per_chunk": 3,
+    "max_chunks": 4,
+    "chunk_chars": 1200,
+    "temperature": 0.0,
+    "prompt": "legal_qa",
+    "max_requests": None,
+    "max_tokens_budget": None,
+    "max_tokens": 512,
+    "concurrency": 4,
+    "cache_dir": None,
+    "timeout": 60.0,
+    "retries": 3,
+    "retry_backoff": 1.0,
+    "min_support": 0.5,
+}
+
+PROMPT_VERSION = 1
+PROMPTS = {
+    "legal_qa": (
+        "Read this excerpt of a legal document and write {n} question and answer pairs that a "
+        "lawyer could ask about it. Every answer must be stated in the excerpt itself; reuse its "
+        'wording. Reply with JSON only: a list of objects with the keys "question" and '
+        '"answer".\n\nExcerpt:\n"""\n{chunk}\n"""'
+    ),
+    "clause_explain": (
+        "Read this clause of a legal document and write {n} pairs in which the question asks what "
+        "the clause requires, permits or forbids, and the answer explains it using the clause's "
+        'own wording. Reply with JSON only: a list of objects with the keys "question" and '
+        '"answer".\n\nClause:\n"""\n{chunk}\n"""'
+    ),
+}
+
+PLACEHOLDER = re.compile(r"\[(?:EMAIL|PHONE|SSN|MRN|DOB|ADDRESS|IP|CARD)\]")
+_FENCE = re.compile(r"```(?:json)?[ \t]*\n?(.*?)```", re.DOTALL | re.IGNORECASE)
+_WORD = re.compile(r"[a-z0-9]+")
+STOPWORDS = frozenset(
+    "a an the and or but of to in on at by for with from as is are was were be been being this "
+    "that these those it its any all each such not no nor may shall must will can which who whom "
+    "what when where why how than then there their they them he she his her we our you your i "
+    "do does did has have had if so into onto upon under over per".split()
+)
+
+REASONS = ("invalid JSON", "schema", "empty", "unsupported", "placeholder", "duplicate", "budget")
+
+
+class TeacherRun:
+    """One data run's teacher: the client, the progress bar and the tally of pairs."""
+
+    def __init__(self, opts: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        self.opts = opts
+        self.prompt_id = opts["prompt"]
+        self.prompt_key = {
+            "id": self.prompt_id,
+            "version": PROMPT_VERSION,
+            "text": PROMPTS[self.prompt_id],
+            "pairs_per_chunk": opts["pairs_per_chunk"],
+            "max_tokens": opts["max_tokens"],
+        }
+        self.client = TeacherClient(_settings(opts))
+        self.accepted = 0
+        self.chunks = 0
+        self.rejected: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.bar = tqdm(desc="teacher", unit="chunk", leave=False, disable=None)
+
+    def chunk_pairs(self, chunk: str) -> tuple[list[tuple[str, str]], Counter[str]]:
+        """The teacher's valid pairs for ``chunk`` and the rejections by reason."""
+        n = self.opts["pairs_per_chunk"]
+        prompt = PROMPTS[self.prompt_id].format(n=n, chunk=chunk)
+        reply = self.client.ask([{"role": "user", "content": prompt}], self.prompt_key, chunk)
+        with self.lock:
+            self.bar.update(1)
+        if reply is None:
+            return [], Counter({"budget": 1})
+        return validate_reply(reply, chunk, self.opts["min_support"], n)
+
+    def summary(self) -> dict[str, Any]:
+        self.bar.close()
+        self.client.close()
+        st, s = self.client.stats, self.client.settings
+        return {
+            "base_url": s.base_url,
+            "model": s.model,
+            "prompt": self.prompt_id,
+            "prompt_version": PROMPT_VERSION,
+            "chunks": self.chunks,
+            "requests": st.requests,
+            "cache_hits": st.cache_hits,
+            "tokens": st.tokens,
+            "retried": st.retried,
+            "budget_exhausted": st.budget_exhausted,
+            "accepted": self.accepted,
+            "rejected": dict(sorted(self.rejected.items())),
+        }
+
+
+def build(view: DocumentView, cfg: BuilderConfig, ctx: BuildContext) -> list[Pair]:
+    run = _run_for(ctx, cfg)
+    chunks = _chunks(view.text, run.opts["chunk_chars"], run.opts["max_chunks"])
+    workers = max(1, min(run.opts["concurrency"], len(chunks)))
+    with ThreadPoolExecutor(workers, thread_name_prefix="teacher") as pool:
+        results = list(pool.map(lambda c: run.chunk_pairs(c[0]), chunks))
+    pairs: list[Pair] = []
+    seen: set[str] = set()
+    rejected: Counter[str] = Counter()
+    for (_, span), (good, bad) in zip(chunks, results, strict=True):
+        rejected += bad
+        for question, answer in good:
+            key = " ".join(question.lower().split())
+            if key in seen or len(pairs) >= cfg.max_per_document:
+                rejected["duplicate" if key in seen else "max_per_document"] += 1
+                continue
+            seen.add(key)
+            pairs.append(
+                make_pair(
+                    ctx.system_prompt,
+                    question,
+                    answer,
+                    doc_id=view.doc.id,
+                    builder=NAME,
+                    span=span,
+                    task=run.prompt_id,
+                    teacher_model=run.client.settings.model,
+                    prompt_id=f"{run.prompt_id}@v{PROMPT_VERSION}",
+                )
+            )
+    with run.lock:
+        run.chunks += len(chunks)
+        run.accepted += len(pairs)
+        run.rejected += rejected
+    return pairs
+
+
+def finish(ctx: BuildContext) -> dict[str, Any] | None:
+    """The run's teacher summary (for the manifest), or ``None`` when the teacher did not run."""
+    run: TeacherRun | None = ctx.__dict__.pop("_teacher_run", None)
+    return None if run is None else run.summary()
+
+
+def _run_for(ctx: BuildContext, cfg: BuilderConfig) -> TeacherRun:
+    run = ctx.__dict__.get("_teacher_run")
+    if run is None:
+        run = TeacherRun(_validated(cfg))
+        ctx.__dict__["_teacher_run"] = run
+    return run
+
+
+def _validated(cfg: BuilderConfig) -> dict[str, Any]:
+    opts = options(cfg, NAME, DEFAULTS)
+    where = f"data.builders.{NAME}.options"
+    for key in ("base_url", "model"):
+        if not isinstance(opts[key], str) or not opts[key].strip():
+            raise LexloraError(f"{where}.{key}: required (the teacher's OpenAI-compatible {key})")
+    if not re.match(r"^https?://", opts["base_url"]):
+        raise LexloraError(f"{where}.base_url: expected an http(s) URL, got '{opts['base_url']}'")
+    if opts["prompt"] not in PROMPTS:
+        raise LexloraError(
+            f"{where}.prompt: unknown prompt '{opts['prompt']}'; expected one of: "
+            f"{', '.join(PROMPTS)}"
+        )
+    positive = ("pairs_per_chunk", "max_chunks", "chunk_chars", "concurrency", "max_tokens")
+    for key in (*positive, "max_requests", "max_tokens_budget"):
+        value = opts[key]
+        if value is None and key not in positive[:4]:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < (key in positive):
+            least = int(key in positive)
+            raise LexloraError(f"{where}.{key}: expected an integer >= {least}, got {value!r}")
+    for key in ("temperature", "timeout", "retry_backoff", "min_support"):
+        if not isinstance(opts[key], int | float) or opts[key] < 0:
+            raise LexloraError(f"{where}.{key}: expected a non-negative number, got {opts[key]!r}")
+    if not isinstance(opts["retries"], int) or opts["retries"] < 0:
+        raise LexloraError(f"{where}.retries: expected a non-negative integer")
+    return opts
+
+
+def _settings(opts: dict[str, Any]) -> TeacherSettings:
+    from lexlora.models import lexlora_home
+
+    cache = opts["cache_dir"]
+    return TeacherSettings(
+        base_url=opts["base_url"].rstrip("/"),
+        model=opts["model"],
+        api_key=resolve_api_key(opts["api_key_env"]),
+        temperature=float(opts["temperature"]),
+        max_tokens=opts["max_tokens"],
+        max_requests=opts["max_requests"],
+        max_tokens_budget=opts["max_tokens_budget"],
+        cache_dir=Path(cache).expanduser() if cache else lexlora_home() / "teacher-cache",
+        timeout=float(opts["timeout"]),
+        retries=opts["retries"],
+        retry_backoff=float(opts["retry_backoff"]),
+    )
+
+
+def _chunks(text: str, chunk_chars: int, max_chunks: int) -> list[tuple[str, tuple[int, int]]]:
+    """Up to ``max_chunks`` consecutive runs of whole clauses (flattened) and their spans."""
+    clauses = split_clauses(text)
+    chunks, i = [], 0
+    while i < len(clauses) and len(chunks) < max_chunks:
+        chunk, span = clause_excerpt(text, clauses[i:], chunk_chars)
+        if chunk:
+            chunks.append((chunk, span))
+        nxt = next((j for j in range(i, len(clauses)) if clauses[j][0] >= span[1]), len(clauses))
+        i = max(nxt, i + 1)
+    return chunks
+
+
+def validate_reply(
+    reply: str, chunk: str, min_support: float, limit: int
+) -> tuple[list[tuple[str, str]], Counter[str]]:
+    """Parse and check a teacher reply: kept (question, answer) pairs and rejections by reason."""
+    rejected: Counter[str] = Counter()
+    fenced = _FENCE.search(reply)
+    try:
+        data = json.loads(fenced.group(1) if fenced else reply)
+    except ValueError:
+        return [], Counter({"invalid JSON": 1})
+    if isinstance(data, dict) and isinstance(data.get("pairs"), list):
+        data = data["pairs"]
+    if not isinstance(data, list):
+        return [], Counter({"schema": 1})
+    chunk_words = set(_WORD.findall(chunk.lower()))
+    kept: list[tuple[str, str]] = []
+    for item in data:
+        if not isinstance(item, dict) or not {"question", "answer"} <= set(item):
+            rejected["schema"] += 1
+            continue
+        question, answer = item["question"], item["answer"]
+        if not isinstance(question, str) or not isinstance(answer, str):
+            rejected["schema"] += 1
+            continue
+        question, answer = " ".join(question.split()), " ".join(answer.split())
+        if not question or not answer:
+            rejected["empty"] += 1
+        elif PLACEHOLDER.search(question) or PLACEHOLDER.search(answer):
+            rejected["placeholder"] += 1
+        elif support(answer, chunk_words) < min_support:
+            rejected["unsupported"] += 1
+        elif len(kept) >= limit:
+            rejected["over pairs_per_chunk"] += 1
+        else:
+            kept.append((question, answer))
+    return kept, rejected
+
+
+def support(answer: str, chunk_words: set[str]) -> float:
+    """Share of the answer's content words that appear in the chunk (0 when it has none)."""
+    words = [w for w in _WORD.findall(answer.lower()) if w not in STOPWORDS and len(w) > 1]
+    if not words:
+        return 0.0
+    return sum(w in chunk_words for w in words) / len(words)
