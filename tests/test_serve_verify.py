@@ -12,6 +12,7 @@ from conftest import CLAUSES, build_tiny_llama, running_server
 
 from lexlora.export.exporter import export_run
 from lexlora.registry import AdapterStore
+from lexlora.serve.verify import run_verify
 
 KEY = "sk-verify-acme"
 
@@ -46,9 +47,12 @@ def test_verify_matches_the_embedded_engine(endpoint):
     for model in ("base", "contracts", "strong"):
         assert model in out.stdout
     assert out.stdout.count("match") >= 3 and "MISMATCH" not in out.stdout
-    out = verify("--endpoint", url, "--api-key", KEY, "--config", str(config),
-                 "--models", "contracts:1,strong", "--max-tokens", "8")  # fmt: skip
-    assert out.returncode == 0 and "contracts:1" in out.stdout
+    checks = run_verify(url, KEY, models=["contracts:1", "strong"], config=config, max_tokens=8)
+    assert [(c.model, c.target, c.ok) for c in checks] == [
+        ("contracts:1", "contracts:1", True),
+        ("strong", "strong:1", True),
+    ]
+    assert all(s.served_tokens == s.offline_tokens > 0 for c in checks for s in c.samples)
 
 
 def test_verify_reports_a_mismatch_with_exit_code_1(endpoint, tmp_path):

