@@ -8,8 +8,10 @@ import hashlib
 import json
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -531,3 +533,55 @@ def test_metrics_count_requests_tokens_adapters_and_latency(server):
     assert "lexlora_request_latency_seconds_bucket" in text
     assert server.metric("lexlora_queue_depth") == 0
     assert 'status="500"' not in text  # no user mistake above was a server error
+
+
+def test_bounded_load_with_adapters_unloaded_and_loaded_during_traffic(server):
+    """40 requests from 4 client threads over the base and three adapters (bounded in count and
+    time) while an admin thread unloads and reloads one of them: no 5xx, and every answer is the
+    one its own model gives alone."""
+    targets = [
+        ("base", ACME_KEY),
+        ("contracts", ACME_KEY),
+        ("clauses", ACME_KEY),
+        ("filings", BETA_KEY),
+    ]
+    expected = {model: complete(server, model, key=key) for model, key in targets}
+    assert len(set(expected.values())) == len(targets)
+    stop = threading.Event()
+    admin_codes: list[int] = []
+
+    def churn() -> None:
+        ref = {"tenant": "acme", "ref": "clauses"}
+        while not stop.is_set():
+            for route in ("unload", "load"):
+                admin_codes.append(
+                    server.post(f"/admin/adapters/{route}", ref, ADMIN_KEY).status_code
+                )
+
+    def client(i: int) -> list[tuple[str, int, dict]]:
+        results = []
+        for j in range(10):
+            model, key = targets[(i + j) % len(targets)]
+            body = {"model": model, "prompt": PROMPT, "max_tokens": N, "temperature": 0}
+            response = server.post("/v1/completions", body, key)
+            results.append((model, response.status_code, response.json()))
+        return results
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(client, i) for i in range(4)]
+            results = [row for f in futures for row in f.result(timeout=180)]
+    finally:
+        stop.set()
+        churner.join(30)
+    assert len(results) == 40
+    for model, status, body in results:
+        assert status < 500, body
+        if status == 200:
+            assert body["choices"][0]["text"] == expected[model], model
+        else:
+            assert status == 429, body
+    assert sum(status == 200 for _, status, _ in results) >= 30
+    assert admin_codes and set(admin_codes) <= {200, 409}
