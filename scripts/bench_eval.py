@@ -54,10 +54,12 @@ def main() -> None:
     parser.add_argument("--endpoint-base", default="base")
     parser.add_argument("--api-key", default="none")
     parser.add_argument("--skip-in-process", action="store_true")
+    parser.add_argument("--max-items", type=int, help="Score a seeded subset (eval.max_items).")
     parser.add_argument("--out", default="reports/bench/bench_eval.json")
     args = parser.parse_args()
     quiet_libraries()
-    recipe = load_recipe(args.recipe)
+    overrides = [f"eval.max_items={args.max_items}"] if args.max_items else []
+    recipe = load_recipe(args.recipe, overrides)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         from lexlora.eval.local import load_local_scorer
