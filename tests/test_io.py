@@ -35,3 +35,19 @@ def test_read_jsonl_names_file_and_line(tmp_path):
         list(read_jsonl(path))
     with pytest.raises(LexloraError, match="file not found"):
         list(read_jsonl(tmp_path / "missing.jsonl"))
+
+
+def test_atomic_directory_replaces_only_on_success(tmp_path):
+    from lexlora.io import atomic_directory
+
+    target = tmp_path / "adapter"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("crash")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    with atomic_directory(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.txt"]

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from lexlora.io import write_json
+from lexlora.io import atomic_directory, write_json
 
 LABELS = {
     "choice_accuracy": "option accuracy (log-likelihood)",
@@ -28,9 +25,7 @@ LABELS = {
 
 
 def write_report(report_dir: Path, metrics: dict) -> Path:
-    report_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{report_dir.name}.", dir=report_dir.parent))
-    try:
+    with atomic_directory(report_dir) as tmp:
         write_json(tmp / "metrics.json", metrics)
         plots = {
             "headline.png": plot_headline(metrics, tmp / "headline.png"),
@@ -40,11 +35,6 @@ def write_report(report_dir: Path, metrics: dict) -> Path:
         plots = {name: path for name, path in plots.items() if path is not None}
         (tmp / "report.md").write_text(render_markdown(metrics, plots), encoding="utf-8")
         (tmp / "report.html").write_text(render_html(metrics, plots), encoding="utf-8")
-        tmp.chmod(0o755)
-        os.replace(tmp, report_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report_dir
 
 

@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from lexlora.export.validate import (
     probe_logits,
     read_adapter,
 )
-from lexlora.io import dumps_canonical, sha256_text
+from lexlora.io import atomic_directory, dumps_canonical, sha256_text
 from lexlora.models import resolve_base_model
 from lexlora.quiet import quiet_libraries
 from lexlora.recipe import Recipe, validate_recipe
@@ -242,17 +240,8 @@ def _metadata(recipe, run_dir, exported, base_path, base_hash, scale, change) ->
 
 def merge_into(model: PeftModel, adapter_name: str, tokenizer, out: Path) -> Path:
     """Merge the adapter into the full-precision base and save it (safetensors), atomically."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     merged = model.merge_and_unload(adapter_names=[adapter_name])
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

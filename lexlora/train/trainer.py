@@ -15,8 +15,6 @@ import hashlib
 import math
 import os
 import resource
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from lexlora.errors import LexloraError
-from lexlora.io import write_json
+from lexlora.io import atomic_directory, write_json
 from lexlora.quiet import quiet_libraries
 from lexlora.recipe import Recipe
 from lexlora.train.callbacks import InterruptCallback, MetricsFileCallback, ProgressCallback
@@ -239,15 +237,8 @@ def _callbacks(recipe, run_dir, console, interrupt) -> list:
 
 def save_adapter(trainer: SFTTrainer, target: Path) -> Path:
     """Write the final adapter (``adapter_model.safetensors`` + config) atomically."""
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         trainer.model.save_pretrained(tmp, safe_serialization=True)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
