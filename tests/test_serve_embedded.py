@@ -4,7 +4,6 @@ two tenants, outputs checked token for token against HF + PEFT run offline."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import re
 import subprocess
@@ -12,18 +11,15 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import torch
 from conftest import running_server
-from peft import LoraConfig, PeftModel, get_peft_model
-from peft.helpers import rescale_adapter_scale
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from serve_reference import offline, random_adapter, sha
+from transformers import AutoTokenizer
 
 from lexlora.export.exporter import base_config_hash, export_run
 from lexlora.registry import AdapterStore, AdapterVersion
@@ -32,10 +28,6 @@ ACME_KEY, BETA_KEY, ADMIN_KEY = "sk-acme-test-key", "sk-beta-test-key", "sk-admi
 PROMPT = "The Customer shall pay"
 N = 16  # completion tokens in the comparisons
 MAX_QUEUE = 4
-
-
-def sha(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 # --- fixtures: published adapters, the server, offline references --------------------------------
@@ -47,18 +39,6 @@ class Published:
     contracts: AdapterVersion  # acme/contracts:1, the trained run
     clauses: AdapterVersion  # acme/clauses:1, a random rank-4 LoRA on q_proj/o_proj
     filings: AdapterVersion  # beta/filings:1, the run exported at scale 1.5
-
-
-def random_adapter(tiny_model: Path, out: Path) -> Path:
-    torch.manual_seed(3)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"])
-    model = get_peft_model(base, config)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            param.data.normal_(0, 0.3)
-    model.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -133,26 +113,6 @@ def server(published, tiny_model, tmp_path_factory) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def tok(tiny_model):
     return AutoTokenizer.from_pretrained(tiny_model)
-
-
-def offline(tiny_model, ids: list[int], parts=(), scale: float | None = None, n: int = N) -> str:
-    """Greedy HF ``generate`` on the base with PEFT adapters: one folder (optionally rescaled
-    with ``rescale_adapter_scale``) or several combined with ``add_weighted_adapter(cat)``."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    if parts:
-        model = PeftModel.from_pretrained(model, str(parts[0][0]), adapter_name="p0")
-        for i, (path, _) in enumerate(parts[1:], 1):
-            model.load_adapter(str(path), adapter_name=f"p{i}")
-        if len(parts) > 1:
-            names = [f"p{i}" for i in range(len(parts))]
-            weights = [w for _, w in parts]
-            model.add_weighted_adapter(names, weights, "mix", combination_type="cat")
-            model.set_adapter("mix")
-        model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    with torch.no_grad(), rescale_adapter_scale(model, scale) if scale else nullcontext():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)
-    return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
 
 
 def complete(srv: Server, model: str, key: str = ACME_KEY, **kw) -> str:
@@ -541,7 +501,7 @@ def test_bounded_load_with_adapters_unloaded_and_loaded_during_traffic(server):
     one its own model gives alone."""
     targets = [
         ("base", ACME_KEY),
-        ("contracts", ACME_KEY),
+        ("contracts:1", ACME_KEY),  # pinned: earlier tests promote contracts to other weights
         ("clauses", ACME_KEY),
         ("filings", BETA_KEY),
     ]
