@@ -243,9 +243,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(config: dict, tmp: Path, timeout: float = 180) -> Iterator[tuple[str, Any]]:
-    """Start ``lexlora serve`` as a real process on 127.0.0.1 with ``config`` (serve.yaml);
-    yields (base URL, process) once /health answers, and stops it afterwards."""
+def running_server(
+    config: dict, tmp: Path, timeout: float = 180, port: int | None = None
+) -> Iterator[tuple[str, Any]]:
+    """Start ``lexlora serve`` as a real process on 127.0.0.1 with ``config`` (serve.yaml), on
+    ``port`` or a free one; yields (base URL, process) once /health answers, stops it afterwards."""
     import subprocess
     import sys
     import time
@@ -254,7 +256,7 @@ def running_server(config: dict, tmp: Path, timeout: float = 180) -> Iterator[tu
     import yaml
 
     (tmp / "serve.yaml").write_text(yaml.safe_dump(config))
-    port, log = free_port(), tmp / "server.log"
+    port, log = port or free_port(), tmp / "server.log"
     cmd = [sys.executable, "-m", "lexlora.cli", "serve", "--config", str(tmp / "serve.yaml")]
     with log.open("w") as out:
         proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)

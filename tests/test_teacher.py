@@ -1,7 +1,7 @@
 """The ``teacher`` builder: pairs from an OpenAI-compatible endpoint, cached, budgeted, retried.
 
 Mechanics against the project's own ``lexlora serve`` (tiny model: its replies are nonsense, so
-they are rejected as invalid JSON), and crafted replies from a small stub server in this file.
+they are rejected as unparseable), and crafted replies from a small stub server in this file.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def test_real_server_rejects_nonsense_caches_and_budgets(server, tmp_path):
     chunks = t1["chunks"]
     assert chunks >= N_DOCS
     assert t1["requests"] == chunks and t1["cache_hits"] == 0
-    # the tiny model writes nonsense (greedy, so always the same): every reply is invalid JSON
-    assert t1["accepted"] == 0 and t1["rejected"] == {"invalid JSON": chunks}, t1
+    # the tiny model writes nonsense (greedy, so always the same): every reply is unparseable
+    assert t1["accepted"] == 0 and t1["rejected"] == {"unparseable": chunks}, t1
     assert t1["model"] == "base" and t1["prompt"] == "legal_qa"
     assert served_chat_requests(server) - before == chunks
 
@@ -111,7 +111,7 @@ def test_real_server_rejects_nonsense_caches_and_budgets(server, tmp_path):
     r3 = recipe(tmp_path, "out3", server + "/v1", max_requests=2, cache_dir=str(tmp_path / "c3"))
     t3 = build_dataset(r3)["teacher"]
     assert t3["requests"] == 2 and t3["budget_exhausted"] is True
-    assert t3["rejected"] == {"budget": chunks - 2, "invalid JSON": 2}
+    assert t3["rejected"] == {"budget": chunks - 2, "unparseable": 2}
     assert served_chat_requests(server) - before == chunks + 2
 
 
@@ -239,6 +239,45 @@ def test_crafted_replies_provenance_and_split(tmp_path):
     assert not (tmp_path / "strict").exists()
 
 
+def test_retries_while_server_is_stopped_and_restarted(tiny_model, tmp_path):
+    """The teacher server goes away between runs; a run started while it is down keeps retrying
+    with backoff and finishes once the server is back on the same port."""
+    config = {
+        "base_model": str(tiny_model),
+        "threads": 1,
+        "tenants": {"acme": {"api_key_sha256": [hashlib.sha256(KEY.encode()).hexdigest()]}},
+    }
+    port = free_port()
+    (tmp_path / "srv1").mkdir()
+    (tmp_path / "srv2").mkdir()
+    opts = {"max_chunks": 1, "retries": 4, "retry_backoff": 1.0}
+    with running_server(config, tmp_path / "srv1", port=port) as (url, _):
+        r1 = recipe(tmp_path, "out1", url + "/v1", **opts)
+        first = build_dataset(r1)["teacher"]
+    assert first["requests"] == N_DOCS and first["retried"] == 0
+    # the server is down now: a fresh cache forces requests, which are refused and retried
+    r2 = recipe(tmp_path, "out2", url + "/v1", cache_dir=str(tmp_path / "c2"), **opts)
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result.update(build_dataset(r2)["teacher"])
+        except Exception as exc:  # reported below
+            result["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(2.0)
+    assert worker.is_alive(), "the build should be waiting for the server, not done or failed"
+    with running_server(config, tmp_path / "srv2", port=port):
+        worker.join(120)
+    assert not worker.is_alive() and result, "the build did not finish after the restart"
+    assert "error" not in result, result.get("error")
+    assert result["retried"] >= 1 and result["requests"] == N_DOCS
+    assert result["rejected"] == first["rejected"]  # same greedy replies as before the stop
+    assert read_bytes(dataset_dir(r2)) == read_bytes(dataset_dir(r1))
+
+
 def test_retries_503_then_succeeds(tmp_path):
     calls = []
 
@@ -263,7 +302,20 @@ def test_validate_reply_reasons():
         ("When?", "Within thirty days of the invoice date.")
     ]
     assert validate_reply("```json\n" + good + "\n```", chunk, 0.5, 3)[0]
-    assert validate_reply("not json {", chunk, 0.5, 3)[1] == {"invalid JSON": 1}
+    assert validate_reply("not json {", chunk, 0.5, 3)[1] == {"unparseable": 1}
+    # the line format small models follow: numbered, "Question:"/"Answer:", answers over lines
+    lines = (
+        "Here are two pairs.\nQ1: When are fees due?\nA: The answer is: within thirty days\n"
+        "of the invoice date.\n2. Question: Who pays?\nAnswer: The Customer shall pay all fees."
+    )
+    assert validate_reply(lines, chunk, 0.5, 3) == (
+        [
+            ("When are fees due?", "within thirty days of the invoice date."),
+            ("Who pays?", "The Customer shall pay all fees."),
+        ],
+        {},
+    )
+    assert validate_reply("Q: Who pays?\nQ: When?", chunk, 0.5, 3)[1] == {"schema": 2}
     assert validate_reply('{"q": 1}', chunk, 0.5, 3)[1] == {"schema": 1}
     bad = [
         {"question": "Who?", "answer": "Call [PHONE]."},
@@ -321,7 +373,8 @@ def test_real_smollm2_teacher_end_to_end(tmp_path):
             tmp_path,
             "out",
             url + "/v1",
-            max_chunks=1,
+            prompt="legal_qa_lines",
+            max_chunks=2,
             max_tokens=96,
             pairs_per_chunk=2,
             chunk_chars=300,
@@ -329,10 +382,12 @@ def test_real_smollm2_teacher_end_to_end(tmp_path):
             timeout=400,
             retries=0,
         )
-        r = r.model_copy(update={"data": r.data.model_copy(update={"max_documents": 2})})
+        r = r.model_copy(update={"data": r.data.model_copy(update={"max_documents": 3})})
         t = build_dataset(r)["teacher"]
-    assert t["chunks"] == 2 and t["requests"] == 2 and t["tokens"] > 0
-    assert t["accepted"] + sum(t["rejected"].values()) >= 2
+    assert t["requests"] == t["chunks"] >= 3 and t["tokens"] > 0
+    print("teacher summary:", t)
+    assert t["accepted"] >= 2, t  # a few valid pairs from a 135M teacher
+    rows = 0
     out = dataset_dir(r)
     docs = {d["id"]: d for d in map(json.loads, (out / "documents.jsonl").read_text().splitlines())}
     for split in ("train", "validation", "test"):
@@ -343,3 +398,5 @@ def test_real_smollm2_teacher_end_to_end(tmp_path):
             assert validate_reply(json.dumps([{"question": "q", "answer": answer}]), chunk, 0.5, 1)[
                 0
             ]
+            rows += row["meta"]["builder"] == "teacher"
+    assert rows == t["accepted"]

@@ -53,6 +53,11 @@ DEFAULTS: dict[str, Any] = {
 
 PROMPT_VERSION = 1
 PROMPTS = {
+    # Small instruct models (SmolLM2-135M) follow a line format far better than JSON.
+    "legal_qa_lines": (
+        "Text:\n{chunk}\n\nWrite {n} questions about the text, each followed by its answer "
+        "copied from the text. Use this format:\nQ: <question>\nA: <answer>"
+    ),
     "legal_qa": (
         "Read this excerpt of a legal document and write {n} question and answer pairs that a "
         "lawyer could ask about it. Every answer must be stated in the excerpt itself; reuse its "
@@ -68,6 +73,10 @@ PROMPTS = {
 }
 
 PLACEHOLDER = re.compile(r"\[(?:EMAIL|PHONE|SSN|MRN|DOB|ADDRESS|IP|CARD)\]")
+_QA_LINE = re.compile(
+    r"^\s*(?:\d+[.)]\s*)?(?P<tag>q|question|a|answer)\s*\d*\s*[:.]\s*(?P<text>.*)$", re.IGNORECASE
+)
+_ANSWER_PREFIX = re.compile(r"^(?:the answer is|answer)\s*[:.]\s*", re.IGNORECASE)
 _FENCE = re.compile(r"```(?:json)?[ \t]*\n?(.*?)```", re.DOTALL | re.IGNORECASE)
 _WORD = re.compile(r"[a-z0-9]+")
 STOPWORDS = frozenset(
@@ -77,7 +86,7 @@ STOPWORDS = frozenset(
     "do does did has have had if so into onto upon under over per".split()
 )
 
-REASONS = ("invalid JSON", "schema", "empty", "unsupported", "placeholder", "duplicate", "budget")
+REASONS = ("unparseable", "schema", "empty", "unsupported", "placeholder", "duplicate", "budget")
 
 
 class TeacherRun:
@@ -250,11 +259,9 @@ def validate_reply(
 ) -> tuple[list[tuple[str, str]], Counter[str]]:
     """Parse and check a teacher reply: kept (question, answer) pairs and rejections by reason."""
     rejected: Counter[str] = Counter()
-    fenced = _FENCE.search(reply)
-    try:
-        data = json.loads(fenced.group(1) if fenced else reply)
-    except ValueError:
-        return [], Counter({"invalid JSON": 1})
+    data = parse_reply(reply)
+    if data is None:
+        return [], Counter({"unparseable": 1})
     if isinstance(data, dict) and isinstance(data.get("pairs"), list):
         data = data["pairs"]
     if not isinstance(data, list):
@@ -281,6 +288,32 @@ def validate_reply(
         else:
             kept.append((question, answer))
     return kept, rejected
+
+
+def parse_reply(reply: str) -> Any:
+    """The reply as JSON (a ```json fence is tolerated), else as ``Q:``/``A:`` lines turned into
+    ``[{"question", "answer"}]``; ``None`` when it is neither."""
+    fenced = _FENCE.search(reply)
+    try:
+        return json.loads(fenced.group(1) if fenced else reply)
+    except ValueError:
+        pass
+    items: list[dict[str, str]] = []
+    current: dict[str, str] | None = None
+    field_ = ""
+    for line in reply.splitlines():
+        match = _QA_LINE.match(line)
+        if match:
+            field_ = "question" if match["tag"].lower().startswith("q") else "answer"
+            if field_ == "question" or current is None or "answer" in current:
+                current = {}
+                items.append(current)
+            text = match["text"].strip()
+            current[field_] = _ANSWER_PREFIX.sub("", text) if field_ == "answer" else text
+        elif current is not None and line.strip() and field_ in current:
+            current[field_] += " " + line.strip()  # an answer (or question) spanning lines
+    items = [item for item in items if any(v.strip() for v in item.values())]
+    return items or None
 
 
 def support(answer: str, chunk_words: set[str]) -> float:
