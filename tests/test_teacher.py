@@ -316,6 +316,9 @@ def test_validate_reply_reasons():
         {},
     )
     assert validate_reply("Q: Who pays?\nQ: When?", chunk, 0.5, 3)[1] == {"schema": 2}
+    # a small model echoing the question (or asking another) has not answered it
+    echo = "Q: 1. When are the fees paid?\nA: 2. When are the fees paid?\nQ: Fees?\nA: The fees."
+    assert validate_reply(echo, chunk, 0.5, 3) == ([], {"not an answer": 2})
     assert validate_reply('{"q": 1}', chunk, 0.5, 3)[1] == {"schema": 1}
     bad = [
         {"question": "Who?", "answer": "Call [PHONE]."},

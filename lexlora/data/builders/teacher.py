@@ -86,7 +86,17 @@ STOPWORDS = frozenset(
     "do does did has have had if so into onto upon under over per".split()
 )
 
-REASONS = ("unparseable", "schema", "empty", "unsupported", "placeholder", "duplicate", "budget")
+REASONS = (
+    "unparseable",
+    "schema",
+    "empty",
+    "not an answer",
+    "unsupported",
+    "placeholder",
+    "duplicate",
+    "budget",
+)
+_NUMBERING = re.compile(r"^\s*\d+[.)]\s+")
 
 
 class TeacherRun:
@@ -281,6 +291,8 @@ def validate_reply(
             rejected["empty"] += 1
         elif PLACEHOLDER.search(question) or PLACEHOLDER.search(answer):
             rejected["placeholder"] += 1
+        elif not_an_answer(question, answer):
+            rejected["not an answer"] += 1
         elif support(answer, chunk_words) < min_support:
             rejected["unsupported"] += 1
         elif len(kept) >= limit:
@@ -308,7 +320,7 @@ def parse_reply(reply: str) -> Any:
             if field_ == "question" or current is None or "answer" in current:
                 current = {}
                 items.append(current)
-            text = match["text"].strip()
+            text = _NUMBERING.sub("", match["text"].strip())
             current[field_] = _ANSWER_PREFIX.sub("", text) if field_ == "answer" else text
         elif current is not None and line.strip() and field_ in current:
             current[field_] += " " + line.strip()  # an answer (or question) spanning lines
@@ -316,9 +328,21 @@ def parse_reply(reply: str) -> Any:
     return items or None
 
 
+def not_an_answer(question: str, answer: str) -> bool:
+    """An "answer" that is itself a question, or says nothing the question does not."""
+    if answer.rstrip().endswith("?"):
+        return True
+    words = _content_words(answer)
+    return not words or set(words) <= set(_content_words(question))
+
+
+def _content_words(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS and len(w) > 1]
+
+
 def support(answer: str, chunk_words: set[str]) -> float:
     """Share of the answer's content words that appear in the chunk (0 when it has none)."""
-    words = [w for w in _WORD.findall(answer.lower()) if w not in STOPWORDS and len(w) > 1]
+    words = _content_words(answer)
     if not words:
         return 0.0
     return sum(w in chunk_words for w in words) / len(words)
