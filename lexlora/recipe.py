@@ -60,6 +60,11 @@ class BuilderConfig(_Section):
     weight: float = Field(1.0, ge=0)
     max_per_document: int = Field(8, ge=1)
     max_answer_chars: int = Field(600, ge=20)
+    balance: bool = Field(
+        False,
+        description="Per split, task and category, keep as many pairs of each answer (Yes/No, "
+        "or any option) as of the rarest one (seeded).",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Builder-specific.")
 
 

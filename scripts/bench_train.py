@@ -64,15 +64,16 @@ def measure(trainer, counter: TokenCounter) -> dict:
 
 
 def run_baseline(recipe, steps: int, out: Path) -> dict:
-    from datasets import load_dataset
+    from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     from lexlora.data.build import dataset_dir
+    from lexlora.io import read_jsonl
     from lexlora.models import resolve_base_model
 
-    data = load_dataset("json", data_files=str(dataset_dir(recipe) / "train.jsonl"), split="train")
-    data = data.remove_columns(["meta"])
+    rows = read_jsonl(dataset_dir(recipe) / "train.jsonl")
+    data = Dataset.from_list([{"messages": row["messages"]} for row in rows])
     args = SFTConfig(
         output_dir=str(out),
         max_length=recipe.train.max_length,

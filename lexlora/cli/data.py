@@ -51,4 +51,16 @@ def print_data_summary(manifest: dict, out: Path) -> None:
             f"{teacher['cache_hits']} cached, {teacher['accepted']} accepted, "
             f"rejected {teacher['rejected'] or 0}"
         )
+    if presence := manifest.get("clause_presence"):
+        console.print(
+            f"clause presence ({presence['taxonomy']}): {presence['ambiguous_dropped']} ambiguous "
+            f"detections dropped; {sum(manifest['pairs']['dropped_to_balance'].values())} pairs "
+            "dropped to balance Yes/No"
+        )
+        for name, g in presence["gold"].items():
+            console.print(
+                f"  detector vs {name} ({g['n']} labels): precision {g['precision']}, "
+                f"recall {g['recall']}, No precision {g['no_precision']}, "
+                f"abstained {g['abstain_rate']}"
+            )
     console.print(f"[green]wrote[/] {out}/{{train,validation,test}}.jsonl and manifest.json")

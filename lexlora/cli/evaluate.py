@@ -63,12 +63,18 @@ def run_eval(cfg, adapter, run, endpoint, api_key, endpoint_model, endpoint_base
             endpoint, api_key, endpoint_base, endpoint_model, resolve_base_model(cfg.model.base)
         )
         label = f"{endpoint_model} at {endpoint}"
+        run_dir = None
     else:
         from lexlora.eval.local import load_local_scorer
 
-        adapter_dir, label = _adapter_dir(cfg, adapter, run, store)
+        adapter_dir, label, run_dir = _adapter_dir(cfg, adapter, run, store)
         scorer = load_local_scorer(cfg.model.base, adapter_dir)
-    return evaluate(cfg, scorer, data_dir, label, sweep=sweep, log=console.print)
+    result = evaluate(cfg, scorer, data_dir, label, sweep=sweep, log=console.print)
+    if run_dir is not None:  # what `lexlora export` checks before publishing this run
+        from lexlora.eval.gate import write_gate
+
+        write_gate(run_dir, result.metrics["gate"], result.report_dir)
+    return result
 
 
 def _adapter_dir(cfg, adapter: str | None, run: Path | None, store: Path | None):
@@ -78,9 +84,9 @@ def _adapter_dir(cfg, adapter: str | None, run: Path | None, store: Path | None)
     if adapter:
         tenant, ref = split_tenant_ref(adapter)
         published = AdapterStore(store).resolve(tenant, ref)
-        return published.path, published.ref
+        return published.path, published.ref, None
     run_dir = run or latest_run_dir(cfg)
-    return run_dir / "adapter", f"run {run_dir.name}"
+    return run_dir / "adapter", f"run {run_dir.name}", run_dir
 
 
 def _parse_sweep(text: str) -> list[float]:
@@ -96,11 +102,14 @@ def _parse_sweep(text: str) -> list[float]:
 
 
 def print_headline(result) -> None:
-    from lexlora.eval.report import headline_text
+    from lexlora.eval.report import gate_text, headline_text
 
     console.print("[bold]held-out evaluation (base → adapter)[/]")
     for line in headline_text(result.metrics):
         style = "red" if "WORSE" in line else "green" if "better" in line else ""
         console.print(f"  {line}", style=style or None, highlight=False)
+    for line in gate_text(result.metrics):
+        style = "bold red" if "FLAGGED" in line or "WORSE" in line else "green"
+        console.print(line, style=style, highlight=False)
     console.print(f"best strength: {result.metrics['best_scale']}")
     console.print(f"[green]report[/] {result.report_dir / 'report.html'}")

@@ -39,6 +39,9 @@ def export(
     max_lora_rank: Annotated[
         int | None, typer.Option(help="Override export.max_lora_rank of the recipe.")
     ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Publish even if the no-regression gate flagged the run.")
+    ] = False,
 ) -> None:
     """Validate a run's adapter and publish it to the tenant's adapter store."""
     from lexlora.errors import LexloraError
@@ -59,6 +62,7 @@ def export(
         combine_method=combine_method,
         merge_dir=merge,
         max_rank=max_lora_rank,
+        force=force,
         log=console.print,
     )
     console.print(

@@ -17,7 +17,13 @@ from typing import Any
 from lexlora import __version__
 from lexlora.corpora.catalog import CorpusReadReport, corpus_manifest, load_documents
 from lexlora.corpora.document import Document
-from lexlora.data.builders import BuildContext, DocumentView, get_builder, teacher
+from lexlora.data.builders import (
+    BuildContext,
+    DocumentView,
+    clause_presence,
+    get_builder,
+    teacher,
+)
 from lexlora.data.clean import clean_text, compile_boilerplate, find_duplicates
 from lexlora.data.leakage import measure_leakage
 from lexlora.data.pairs import Pair
@@ -80,6 +86,10 @@ def build_dataset(
                 progress(i + 1, len(docs))
     finally:
         teacher_summary = teacher.finish(ctx)
+    presence_summary = clause_presence.finish(ctx)
+    balanced_out = {split: 0 for split in SPLITS}
+    for split in SPLITS:
+        pairs[split], balanced_out[split] = _balance(pairs[split], cfg, split)
     pairs["train"] = _weight_training_pairs(pairs["train"], cfg)
 
     leakage = measure_leakage(
@@ -130,12 +140,14 @@ def build_dataset(
         },
         "scrub": {"enabled": cfg.scrub.enabled, "replacements": scrub_counts},
         "split": _split_summary(assignment, strata, cfg),
-        "pairs": _pair_counts(pairs),
+        "pairs": {**_pair_counts(pairs), "dropped_to_balance": balanced_out},
         "leakage": leakage.as_dict(),
         "files": files,
     }
     if teacher_summary is not None:
         manifest["teacher"] = teacher_summary
+    if presence_summary is not None:
+        manifest["clause_presence"] = presence_summary
     write_json(out / "manifest.json", manifest)
     return manifest
 
@@ -198,6 +210,26 @@ def _label_values(docs: list[Document]) -> dict[str, list[str]]:
             if isinstance(value, str) and len(value) <= 80:
                 values[key].add(value)
     return {k: sorted(v) for k, v in values.items() if 1 < len(v) <= MAX_LABEL_VALUES}
+
+
+def _balance(pairs: list[Pair], cfg: DataConfig, split: str) -> tuple[list[Pair], int]:
+    """For builders with ``balance``: per (builder, task, category), keep a seeded sample of each
+    label as large as the rarest label's count. Returns the kept pairs (in order) and how many
+    were dropped."""
+    groups: dict[tuple, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, p in enumerate(pairs):
+        bcfg = cfg.builders.get(p.meta.builder)
+        if bcfg is not None and bcfg.balance and p.meta.label is not None:
+            key = (p.meta.builder, p.meta.task, p.meta.category or "")
+            groups[key][p.meta.label].append(i)
+    drop: set[int] = set()
+    for key, by_label in sorted(groups.items()):
+        least = min(len(rows) for rows in by_label.values())
+        rng = random.Random(f"{cfg.split.seed}:balance:{split}:{':'.join(key)}")
+        for label, rows in sorted(by_label.items()):
+            if len(rows) > least:
+                drop.update(rng.sample(rows, len(rows) - least))
+    return [p for i, p in enumerate(pairs) if i not in drop], len(drop)
 
 
 def _weight_training_pairs(pairs: list[Pair], cfg: DataConfig) -> list[Pair]:

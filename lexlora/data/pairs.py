@@ -19,6 +19,7 @@ class PairMeta(BaseModel):
     task: str = Field(description="What the pair asks: definition, section, obligation, ...")
     choices: list[str] | None = Field(None, description="Options, for classification pairs.")
     label: str | None = Field(None, description="The correct option, for classification pairs.")
+    category: str | None = Field(None, description="The taxonomy category of a presence pair.")
     teacher_model: str | None = Field(None, description="The model that wrote a teacher pair.")
     prompt_id: str | None = Field(None, description="The teacher prompt (id@version).")
 

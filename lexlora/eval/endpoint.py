@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 from lexlora.errors import LexloraError
 from lexlora.eval.metrics import normalize_answer
-from lexlora.eval.tasks import EvalItem
+from lexlora.eval.tasks import EvalItem, option_texts
 
 
 class EndpointScorer:
@@ -84,7 +84,8 @@ class EndpointScorer:
         scores = []
         for item in items:
             prompt = self.prompt_text(item)
-            row = [self._continuation_logprob(prompt, c + self.end) for c in item.choices]
+            options = option_texts(item, self.end)
+            row = [self._continuation_logprob(prompt, text) for text in options]
             if any(v is None for v in row):
                 row = self._choice_by_generation(item)
             scores.append(row)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from peft.helpers import rescale_adapter_scale
 
-from lexlora.eval.tasks import EvalItem
+from lexlora.eval.tasks import EvalItem, option_texts
 
 
 class LocalScorer:
@@ -47,13 +47,13 @@ class LocalScorer:
 
     @torch.no_grad()
     def choice_logprobs(self, items: Sequence[EvalItem]) -> list[list[float]]:
-        """Per item, the log-probability of each option (followed by the end-of-turn token),
-        computed with the prompt encoded once and its KV cache shared by the options."""
+        """Per item, the log-probability of each option (see :func:`option_texts`), computed
+        with the prompt encoded once and its KV cache shared by the options."""
         return [self._options_logprobs(item) for item in items]
 
     def _options_logprobs(self, item: EvalItem) -> list[float]:
         prompt = torch.tensor([self._ids(self.prompt_text(item))])
-        options = [self._ids(choice + self.end) for choice in item.choices]
+        options = [self._ids(text) for text in option_texts(item, self.end)]
         out = self.model(input_ids=prompt, use_cache=True, logits_to_keep=1)
         cache = out.cache
         first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from lexlora.eval.gate import describe
 from lexlora.io import atomic_directory, write_json
 
 LABELS = {
@@ -21,6 +22,8 @@ LABELS = {
     "exact_match": "exact match of greedy answers",
     "rouge_l": "ROUGE-L of greedy answers",
     "sanity_accuracy": "sanity set accuracy (independent labels)",
+    "yes_no_accuracy": "yes/no accuracy (clause presence)",
+    "yes_no_balanced_accuracy": "yes/no balanced accuracy (clause presence)",
 }
 
 
@@ -147,6 +150,47 @@ def _group_table(groups: dict) -> list[list[str]]:
     return rows
 
 
+def gate_text(metrics: dict) -> list[str]:
+    gate = metrics.get("gate")
+    if gate is None:
+        return []
+    if gate["passed"]:
+        return ["no-regression gate: passed (no task family significantly worse)"]
+    return ["no-regression gate: FLAGGED"] + [f"WORSE {describe(f)}" for f in gate["flagged"]]
+
+
+def _yes_no_table(metrics: dict) -> list[list[str]]:
+    yes_no = metrics.get("yes_no") or {}
+    rows = []
+    for cat, g in (yes_no.get("by_category") or {}).items():
+        d = g["difference"]
+        mark = " ✔" if d["improved"] else " ✘" if d["worse"] else ""
+        rows.append(
+            [
+                cat,
+                str(g["n"]),
+                _interval(g["base"]),
+                _interval(g["adapter"]),
+                f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{mark}",
+            ]
+        )
+    return rows
+
+
+YES_NO_HEADER = ["category", "n", "base accuracy [95% CI]", "adapter", "adapter − base"]
+
+
+def _yes_no_summary(metrics: dict) -> str:
+    yes_no = metrics.get("yes_no")
+    if not yes_no:
+        return ""
+    rate = yes_no["yes_rate"]
+    return (
+        f"{yes_no['n']} held-out yes/no items ({yes_no['n_yes']} Yes, {yes_no['n_no']} No). "
+        f"The base answers Yes to {rate['base']:.0%} of them, the adapter to {rate['adapter']:.0%}."
+    )
+
+
 def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
@@ -172,6 +216,12 @@ def render_markdown(metrics: dict, plots: dict[str, Path]) -> str:
     ]
     out += [f"- {line}" for line in headline_text(metrics)]
     out += ["", "![headline](headline.png)", ""] if "headline.png" in plots else [""]
+    out += ["## No-regression gate", "", *[f"- {line}" for line in gate_text(metrics)], ""]
+    if metrics.get("yes_no"):
+        out += ["## Yes/no questions, per category", "", _yes_no_summary(metrics), ""]
+        out += ["| " + " | ".join(YES_NO_HEADER) + " |", "|---" * 5 + "|"]
+        out += ["| " + " | ".join(r) + " |" for r in _yes_no_table(metrics)]
+        out.append("")
     out += ["## Strength sweep", "", "| strength | option accuracy | answer NLL |", "|---|---|---|"]
     for r in metrics["sweep"]:
         acc = "–" if r["choice_accuracy"] is None else f"{r['choice_accuracy']:.3f}"
@@ -245,6 +295,18 @@ def render_html(metrics: dict, plots: dict[str, Path]) -> str:
         *(f"<li>{esc(line)}</li>" for line in headline_text(metrics)),
         "</ul>",
         img("headline.png"),
+        "<h2>No-regression gate</h2><ul>",
+        *(f"<li>{esc(line)}</li>" for line in gate_text(metrics)),
+        "</ul>",
+        *(
+            [
+                "<h2>Yes/no questions, per category</h2>",
+                f"<p>{esc(_yes_no_summary(metrics))}</p>",
+                table(YES_NO_HEADER, _yes_no_table(metrics)),
+            ]
+            if metrics.get("yes_no")
+            else []
+        ),
         "<h2>Strength sweep</h2>",
         table(["strength", "option accuracy", "answer NLL"], sweep_rows),
         f"<p>Best strength: <b>{metrics['best_scale']}</b></p>",

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lexlora.errors import LexloraError
+from lexlora.eval.gate import gate_verdict
 from lexlora.eval.report import write_report
 from lexlora.eval.scores import (
     choice_correct,
@@ -27,6 +28,7 @@ from lexlora.eval.scores import (
     summarize,
 )
 from lexlora.eval.tasks import EvalItem, load_sanity, load_spec, select_items, spec_path
+from lexlora.eval.yesno import is_yes_no, yes_no_metrics
 from lexlora.recipe import Recipe
 
 SCALE0_TOLERANCE = 1e-4
@@ -82,6 +84,13 @@ def evaluate(
             }
 
     sweep_rows = _sweep(scorer, sweep or recipe.eval.sweep, choice, open_items, raw, log)
+    yes_no_rows = [n for n, item in enumerate(choice) if is_yes_no(item)]
+    yes_no = yes_no_metrics(
+        [choice[n] for n in yes_no_rows],
+        [raw["base"]["choice"][n] for n in yes_no_rows],
+        [raw["adapter"]["choice"][n] for n in yes_no_rows],
+        seed,
+    )
     metrics = {
         "recipe": recipe.name,
         "adapter": adapter_label,
@@ -95,7 +104,8 @@ def evaluate(
             "refused_training_documents": refused + sanity_refused,
             "by_task": _count_by(items, "task"),
         },
-        "headline": _headline(raw, seed),
+        "headline": _headline(raw, seed) | _yes_no_headline(yes_no),
+        "yes_no": yes_no,
         "tasks": _by_group(items, choice, open_items, raw, "task", seed),
         "builders": _by_group(items, choice, open_items, raw, "builder", seed),
         "sweep": sweep_rows,
@@ -103,6 +113,7 @@ def evaluate(
         "worst_examples": _worst(gen_items, raw),
         "seconds": None,
     }
+    metrics["gate"] = gate_verdict(metrics)
     metrics["seconds"] = round(time.time() - started, 1)
     eval_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     report_dir = write_report(out_root / recipe.name / eval_id, metrics)
@@ -137,6 +148,19 @@ def _headline(raw: dict, seed: int) -> dict:
             }
         out[name] = row
     return out
+
+
+def _yes_no_headline(yes_no: dict | None) -> dict:
+    """The yes/no accuracy and balanced accuracy as headline families."""
+    if yes_no is None:
+        return {}
+    rows = {"yes_no_accuracy": {"metric": "accuracy", **yes_no["accuracy"]}}
+    if yes_no["balanced_accuracy"] is not None:
+        rows["yes_no_balanced_accuracy"] = {
+            "metric": "balanced_accuracy",
+            **yes_no["balanced_accuracy"],
+        }
+    return rows
 
 
 def _by_group(items, choice, open_items, raw, key: str, seed: int) -> dict:

@@ -47,6 +47,19 @@ class EvalItem:
     reference: str
     choices: tuple[str, ...] = ()
     label: str | None = None
+    category: str | None = None  # the taxonomy category of a clause-presence item
+
+
+def option_texts(item: EvalItem, end: str) -> list[str]:
+    """What is scored for each option. An option that is the whole answer (a category, a
+    heading) is followed by the end-of-turn token ``end``; an option that only opens the answer
+    ("Yes" of "Yes. The licence says: …") is scored alone, as the answer's first tokens."""
+    opens_answer = (
+        item.label is not None
+        and item.reference != item.label
+        and item.reference.startswith(item.label)
+    )
+    return [c if opens_answer else c + end for c in item.choices]
 
 
 def spec_path(recipe_name: str, tasks_file: str | None) -> Path:
@@ -146,4 +159,5 @@ def _item(item_id: str, row: dict, kind: str) -> EvalItem:
         reference=messages[-1]["content"],
         choices=choices,
         label=meta.get("label"),
+        category=meta.get("category"),
     )

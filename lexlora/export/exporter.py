@@ -22,6 +22,7 @@ from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lexlora.errors import LexloraError
+from lexlora.eval.gate import check_gate
 from lexlora.export.validate import (
     AdapterFiles,
     check_changes_output,
@@ -96,12 +97,18 @@ def export_run(
     combine_method: str = "linear",
     merge_dir: Path | None = None,
     max_rank: int | None = None,
+    force: bool = False,
     log=print,
 ) -> ExportResult:
+    """Validate the run's adapter (optionally scaled, combined, merged) and publish it.
+
+    A run flagged by the no-regression gate (``RUN_DIR/eval_gate.json``) is refused unless
+    ``force``."""
     validate_name("tenant", tenant)
     validate_name("adapter", name)
     quiet_libraries()
     recipe, adapter = load_run(run_dir)
+    check_gate(run_dir, force, log)
     max_rank = max_rank or recipe.export.max_lora_rank
     if scale <= 0:
         raise LexloraError("--scale must be > 0 (scale 0 is the base model: serve the base)")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 
 from lexlora.data.build import build_dataset, dataset_dir
 from lexlora.errors import LexloraError
+from lexlora.io import read_jsonl
 from lexlora.recipe import Recipe
 
 
@@ -44,8 +45,9 @@ def load_split(folder: Path, split: str, limit: int | None = None, seed: int = 0
     path = folder / f"{split}.jsonl"
     if not path.is_file() or path.stat().st_size == 0:
         raise LexloraError(f"{path}: no {split} pairs; rebuild with `lexlora data`")
-    data = load_dataset("json", data_files=str(path), split="train")
-    data = data.map(to_prompt_completion, remove_columns=data.column_names)
+    # Only the messages are read: the provenance ``meta`` has optional fields whose type pyarrow
+    # would infer from the first rows (null) and then fail on (a string further down).
+    data = Dataset.from_list([to_prompt_completion(row) for row in read_jsonl(path)])
     if limit is not None and len(data) > limit:
         data = data.shuffle(seed=seed).select(range(limit))
     return data

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from lexlora.data.builders import (
     clause_classification,
+    clause_presence,
     definitions,
     icd10,
     obligations,
@@ -29,6 +30,7 @@ BUILDERS: dict[str, Builder] = {
     "section_qa": section_qa.build,
     "obligations": obligations.build,
     "clause_classification": clause_classification.build,
+    "clause_presence": clause_presence.build,
     "summary": summary.build,
     "teacher": teacher.build,
     "icd_code_to_description": icd10.build_code_to_description,

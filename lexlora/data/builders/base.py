@@ -55,6 +55,7 @@ class BuildContext:
     system_prompt: str
     seed: int
     label_values: dict[str, list[str]] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)  # per-run builder state, by builder name
 
     def rng(self, doc_id: str, builder: str) -> random.Random:
         return random.Random(f"{self.seed}:{builder}:{doc_id}")

@@ -191,15 +191,15 @@ def build(view: DocumentView, cfg: BuilderConfig, ctx: BuildContext) -> list[Pai
 
 def finish(ctx: BuildContext) -> dict[str, Any] | None:
     """The run's teacher summary (for the manifest), or ``None`` when the teacher did not run."""
-    run: TeacherRun | None = ctx.__dict__.pop("_teacher_run", None)
+    run: TeacherRun | None = ctx.state.pop(NAME, None)
     return None if run is None else run.summary()
 
 
 def _run_for(ctx: BuildContext, cfg: BuilderConfig) -> TeacherRun:
-    run = ctx.__dict__.get("_teacher_run")
+    run = ctx.state.get(NAME)
     if run is None:
         run = TeacherRun(_validated(cfg))
-        ctx.__dict__["_teacher_run"] = run
+        ctx.state[NAME] = run
     return run
 
 

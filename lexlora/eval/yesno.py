@@ -1,0 +1,108 @@
+"""Yes/no questions (clause presence): accuracy, balanced accuracy and per-category accuracy.
+
+Balanced accuracy is the mean of the accuracy on Yes items and on No items, so a model that
+always answers Yes scores 0.5 however the items are split. Intervals are percentile bootstraps
+that resample Yes and No items separately (each resample keeps both classes); the adapter − base
+difference resamples the same items for both.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from lexlora.eval.scores import compare, summarize
+from lexlora.eval.tasks import EvalItem
+
+YES_NO = ("Yes", "No")
+N_RESAMPLES = 2000
+
+
+def is_yes_no(item: EvalItem) -> bool:
+    return item.kind == "choice" and tuple(item.choices) == YES_NO
+
+
+def yes_no_metrics(
+    items: Sequence[EvalItem], base: Sequence[float], adapter: Sequence[float], seed: int
+) -> dict | None:
+    """Metrics over the yes/no items; ``base``/``adapter`` are their per-item correctness (1/0).
+    ``None`` when there are no such items."""
+    if not items:
+        return None
+    is_yes = np.array([item.label == "Yes" for item in items])
+    b, a = np.asarray(base, dtype=float), np.asarray(adapter, dtype=float)
+    out = {
+        "n": len(items),
+        "n_yes": int(is_yes.sum()),
+        "n_no": int((~is_yes).sum()),
+        "accuracy": {
+            "base": summarize(list(b), seed),
+            "adapter": summarize(list(a), seed),
+            "difference": compare(list(a), list(b), "accuracy", seed),
+        },
+    }
+    if is_yes.all() or not is_yes.any():
+        out["balanced_accuracy"] = None  # one class only: undefined
+    else:
+        out["balanced_accuracy"] = _balanced(is_yes, b, a, seed)
+    out["yes_rate"] = {  # how often each model says Yes: a bias check
+        "base": _yes_rate(is_yes, b),
+        "adapter": _yes_rate(is_yes, a),
+    }
+    by_category: dict[str, list[int]] = defaultdict(list)
+    for n, item in enumerate(items):
+        by_category[item.category or "(none)"].append(n)
+    out["by_category"] = {
+        cat: {
+            "n": len(rows),
+            "base": summarize([base[n] for n in rows], seed),
+            "adapter": summarize([adapter[n] for n in rows], seed),
+            "difference": compare(
+                [adapter[n] for n in rows], [base[n] for n in rows], "accuracy", seed
+            ),
+        }
+        for cat, rows in sorted(by_category.items())
+    }
+    return out
+
+
+def balanced_accuracy(is_yes: np.ndarray, correct: np.ndarray) -> float:
+    return float((correct[is_yes].mean() + correct[~is_yes].mean()) / 2)
+
+
+def _balanced(is_yes: np.ndarray, b: np.ndarray, a: np.ndarray, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    yes, no = np.flatnonzero(is_yes), np.flatnonzero(~is_yes)
+    draws_yes = yes[rng.integers(0, yes.size, size=(N_RESAMPLES, yes.size))]
+    draws_no = no[rng.integers(0, no.size, size=(N_RESAMPLES, no.size))]
+
+    def resampled(correct: np.ndarray) -> np.ndarray:
+        return (correct[draws_yes].mean(axis=1) + correct[draws_no].mean(axis=1)) / 2
+
+    rb, ra = resampled(b), resampled(a)
+
+    def stat(mean: float, samples: np.ndarray) -> dict:
+        low, high = np.quantile(samples, [0.025, 0.975])
+        return {"mean": mean, "low": float(low), "high": float(high), "n": int(is_yes.size)}
+
+    base_ba, adapter_ba = balanced_accuracy(is_yes, b), balanced_accuracy(is_yes, a)
+    diff = stat(adapter_ba - base_ba, ra - rb)
+    return {
+        "base": stat(base_ba, rb),
+        "adapter": stat(adapter_ba, ra),
+        "difference": {
+            "mean": diff["mean"],
+            "low": diff["low"],
+            "high": diff["high"],
+            "improved": diff["low"] > 0,
+            "worse": diff["high"] < 0,
+        },
+    }
+
+
+def _yes_rate(is_yes: np.ndarray, correct: np.ndarray) -> float:
+    """Share of items answered Yes: correct Yes items plus wrong No items."""
+    said_yes = np.where(is_yes, correct, 1 - correct)
+    return float(said_yes.mean())
