@@ -15,7 +15,7 @@ from conftest import make_recipe
 
 from lexlora.errors import LexloraError
 from lexlora.eval.gate import GATE_FILE, check_gate, gate_verdict
-from lexlora.eval.tasks import EvalItem
+from lexlora.eval.tasks import EvalItem, option_texts
 from lexlora.eval.yesno import balanced_accuracy, yes_no_metrics
 
 
@@ -57,6 +57,16 @@ def test_balanced_accuracy_is_blind_to_a_constant_answer():
     )
     is_yes = np.array([True, True, False, False])
     assert balanced_accuracy(is_yes, np.array([1.0, 0.0, 1.0, 1.0])) == pytest.approx(0.75)
+
+
+def test_yes_no_options_are_scored_as_the_first_word():
+    item = yes_no_items(["Yes"])[0]
+    assert option_texts(item, "<end>") == ["Yes", "No"]
+    opens = EvalItem("x", "d", "t", "b", "choice", [], "B. because", ("A.", "B."), "B.")
+    assert option_texts(opens, "<end>") == ["A.", "B."]
+    whole = EvalItem("x", "d", "t", "b", "choice", [], "Permissive.", ("Copyleft.", "Permissive."))
+    whole = EvalItem(**{**whole.__dict__, "label": "Permissive."})
+    assert option_texts(whole, "<end>") == ["Copyleft.<end>", "Permissive.<end>"]
 
 
 def stat(mean: float) -> dict:

@@ -52,9 +52,10 @@ class EvalItem:
 
 def option_texts(item: EvalItem, end: str) -> list[str]:
     """What is scored for each option. An option that is the whole answer (a category, a
-    heading) is followed by the end-of-turn token ``end``; an option that only opens the answer
-    ("Yes" of "Yes. The licence says: …") is scored alone, as the answer's first tokens."""
-    opens_answer = (
+    heading) is followed by the end-of-turn token ``end``. An option that only opens the answer
+    ("Yes" of "Yes. The licence says: …"), and Yes/No always, is scored alone, as the answer's
+    first tokens: whether a model goes on to explain is not what a yes/no question asks."""
+    opens_answer = tuple(item.choices) == ("Yes", "No") or (
         item.label is not None
         and item.reference != item.label
         and item.reference.startswith(item.label)
