@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -37,13 +38,35 @@ def eval_command(
 
     cfg = load_recipe(recipe, set_)
     strengths = _parse_sweep(sweep) if sweep else None
-    result = run_eval(
-        cfg, adapter, run, endpoint, api_key, endpoint_model, endpoint_base, strengths, store
+    target = EvalTarget(
+        run=run,
+        adapter=adapter,
+        store=store,
+        endpoint=endpoint,
+        api_key=api_key,
+        endpoint_model=endpoint_model,
+        endpoint_base=endpoint_base,
     )
-    print_headline(result)
+    print_headline(run_eval(cfg, target, strengths))
 
 
-def run_eval(cfg, adapter, run, endpoint, api_key, endpoint_model, endpoint_base, sweep, store):
+@dataclass(frozen=True)
+class EvalTarget:
+    """What is scored against the base model: a run folder (default: the recipe's newest run),
+    a published adapter (``TENANT/NAME[:VERSION|@ALIAS]``), or a model behind an endpoint."""
+
+    run: Path | None = None
+    adapter: str | None = None
+    store: Path | None = None
+    endpoint: str | None = None
+    api_key: str = "none"
+    endpoint_model: str | None = None
+    endpoint_base: str = "base"
+
+
+def run_eval(cfg, target: EvalTarget, sweep: list[float] | None = None):
+    """Evaluate ``target`` on the recipe's held-out documents; a run folder also gets the gate's
+    verdict (``eval_gate.json``)."""
     from lexlora.data.build import dataset_dir
     from lexlora.errors import LexloraError
     from lexlora.eval.runner import evaluate
@@ -53,21 +76,25 @@ def run_eval(cfg, adapter, run, endpoint, api_key, endpoint_model, endpoint_base
     data_dir = dataset_dir(cfg)
     if not (data_dir / "manifest.json").is_file():
         raise LexloraError(f"{data_dir}: no dataset; run `lexlora data {cfg.name}` first")
-    if endpoint:
+    if target.endpoint:
         from lexlora.eval.endpoint import EndpointScorer
         from lexlora.models import resolve_base_model
 
-        if not endpoint_model:
+        if not target.endpoint_model:
             raise LexloraError("--endpoint needs --endpoint-model (the adapter's model name)")
         scorer = EndpointScorer(
-            endpoint, api_key, endpoint_base, endpoint_model, resolve_base_model(cfg.model.base)
+            target.endpoint,
+            target.api_key,
+            target.endpoint_base,
+            target.endpoint_model,
+            resolve_base_model(cfg.model.base),
         )
-        label = f"{endpoint_model} at {endpoint}"
+        label = f"{target.endpoint_model} at {target.endpoint}"
         run_dir = None
     else:
         from lexlora.eval.local import load_local_scorer
 
-        adapter_dir, label, run_dir = _adapter_dir(cfg, adapter, run, store)
+        adapter_dir, label, run_dir = _adapter_dir(cfg, target)
         scorer = load_local_scorer(cfg.model.base, adapter_dir)
     result = evaluate(cfg, scorer, data_dir, label, sweep=sweep, log=console.print)
     if run_dir is not None:  # what `lexlora export` checks before publishing this run
@@ -77,15 +104,15 @@ def run_eval(cfg, adapter, run, endpoint, api_key, endpoint_model, endpoint_base
     return result
 
 
-def _adapter_dir(cfg, adapter: str | None, run: Path | None, store: Path | None):
+def _adapter_dir(cfg, target: EvalTarget):
     from lexlora.registry import AdapterStore, split_tenant_ref
     from lexlora.train.run_dir import latest_run_dir
 
-    if adapter:
-        tenant, ref = split_tenant_ref(adapter)
-        published = AdapterStore(store).resolve(tenant, ref)
+    if target.adapter:
+        tenant, ref = split_tenant_ref(target.adapter)
+        published = AdapterStore(target.store).resolve(tenant, ref)
         return published.path, published.ref, None
-    run_dir = run or latest_run_dir(cfg)
+    run_dir = target.run or latest_run_dir(cfg)
     return run_dir / "adapter", f"run {run_dir.name}", run_dir
 
 

@@ -53,12 +53,11 @@ def train(
     console.print(table)
     console.print(f"[green]adapter[/] {summary.adapter_dir}")
     if evaluate and int(os.environ.get("RANK", "0")) == 0:
-        from lexlora.cli.evaluate import print_headline, run_eval
+        from lexlora.cli.evaluate import EvalTarget, print_headline, run_eval
         from lexlora.eval.tasks import spec_path
 
         tasks = spec_path(cfg.name, cfg.eval.tasks_file)
         if not tasks.is_file():
             console.print(f"no evaluation tasks ({tasks}); skipping the held-out evaluation")
             return
-        result = run_eval(cfg, None, Path(summary.run_dir), None, "", None, "base", None, None)
-        print_headline(result)
+        print_headline(run_eval(cfg, EvalTarget(run=Path(summary.run_dir))))
