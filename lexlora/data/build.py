@@ -87,7 +87,7 @@ def build_dataset(
     finally:
         teacher_summary = teacher.finish(ctx)
     presence_summary = clause_presence.finish(ctx)
-    balanced_out = {split: 0 for split in SPLITS}
+    balanced_out = {}
     for split in SPLITS:
         pairs[split], balanced_out[split] = _balance(pairs[split], cfg, split)
     pairs["train"] = _weight_training_pairs(pairs["train"], cfg)

@@ -159,27 +159,6 @@ def gate_text(metrics: dict) -> list[str]:
     return ["no-regression gate: FLAGGED"] + [f"WORSE {describe(f)}" for f in gate["flagged"]]
 
 
-def _yes_no_table(metrics: dict) -> list[list[str]]:
-    yes_no = metrics.get("yes_no") or {}
-    rows = []
-    for cat, g in (yes_no.get("by_category") or {}).items():
-        d = g["difference"]
-        mark = " ✔" if d["improved"] else " ✘" if d["worse"] else ""
-        rows.append(
-            [
-                cat,
-                str(g["n"]),
-                _interval(g["base"]),
-                _interval(g["adapter"]),
-                f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{mark}",
-            ]
-        )
-    return rows
-
-
-YES_NO_HEADER = ["category", "n", "base accuracy [95% CI]", "adapter", "adapter − base"]
-
-
 def _yes_no_summary(metrics: dict) -> str:
     yes_no = metrics.get("yes_no")
     if not yes_no:
@@ -219,8 +198,8 @@ def render_markdown(metrics: dict, plots: dict[str, Path]) -> str:
     out += ["## No-regression gate", "", *[f"- {line}" for line in gate_text(metrics)], ""]
     if metrics.get("yes_no"):
         out += ["## Yes/no questions, per category", "", _yes_no_summary(metrics), ""]
-        out += ["| " + " | ".join(YES_NO_HEADER) + " |", "|---" * 5 + "|"]
-        out += ["| " + " | ".join(r) + " |" for r in _yes_no_table(metrics)]
+        out += ["| " + " | ".join(GROUP_HEADER) + " |", "|---" * 6 + "|"]
+        out += ["| " + " | ".join(r) + " |" for r in _group_table(metrics["yes_no"]["by_category"])]
         out.append("")
     out += ["## Strength sweep", "", "| strength | option accuracy | answer NLL |", "|---|---|---|"]
     for r in metrics["sweep"]:
@@ -302,7 +281,7 @@ def render_html(metrics: dict, plots: dict[str, Path]) -> str:
             [
                 "<h2>Yes/no questions, per category</h2>",
                 f"<p>{esc(_yes_no_summary(metrics))}</p>",
-                table(YES_NO_HEADER, _yes_no_table(metrics)),
+                table(GROUP_HEADER, _group_table(metrics["yes_no"]["by_category"])),
             ]
             if metrics.get("yes_no")
             else []

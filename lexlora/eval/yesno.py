@@ -57,6 +57,7 @@ def yes_no_metrics(
     out["by_category"] = {
         cat: {
             "n": len(rows),
+            "metric": "accuracy",
             "base": summarize([base[n] for n in rows], seed),
             "adapter": summarize([adapter[n] for n in rows], seed),
             "difference": compare(

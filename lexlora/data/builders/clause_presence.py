@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from lexlora.data.builders.base import BuildContext, DocumentView, clause_excerpt, options
@@ -196,7 +195,3 @@ def _run_for(ctx: BuildContext, cfg: BuilderConfig) -> PresenceRun:
         run = PresenceRun(taxonomy, opts, gold)
         ctx.state[NAME] = run
     return run
-
-
-def gold_names(paths: list[str]) -> list[str]:
-    return [Path(p).name for p in paths]
