@@ -20,7 +20,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from lexlora.data.builders.base import BuildContext, DocumentView, clause_excerpt, options
+from lexlora.data.builders.base import (
+    BuildContext,
+    DocumentView,
+    clause_excerpt,
+    options,
+    pick,
+)
 from lexlora.data.clause_detect import Detection, detect
 from lexlora.data.gold import GoldKey, load_gold, score_detector
 from lexlora.data.pairs import Pair, flatten, make_pair
@@ -113,10 +119,7 @@ def build(view: DocumentView, cfg: BuilderConfig, ctx: BuildContext) -> list[Pai
                 category=category.id,
             )
         )
-    if len(pairs) > cfg.max_per_document:
-        keep = sorted(rng.sample(range(len(pairs)), cfg.max_per_document))
-        pairs = [pairs[i] for i in keep]
-    return pairs
+    return pick(rng, pairs, cfg.max_per_document)
 
 
 def finish(ctx: BuildContext) -> dict[str, Any] | None:
