@@ -293,6 +293,7 @@ def test_retries_503_then_succeeds(tmp_path):
         stub.close()
     assert stub.hits == N_DOCS + 2  # two 503s retried by the client, then every chunk answered
     assert t["requests"] == N_DOCS and t["accepted"] == N_DOCS
+    assert t["retried"] == 2  # the openai client's own retries are counted too
 
 
 def test_validate_reply_reasons():

@@ -3,7 +3,8 @@
 One :class:`TeacherClient` serves a whole ``lexlora data`` run. Every reply is cached on disk under
 a key of (model, prompt id and version, prompt text, chunk hash, temperature, pairs per chunk), so a
 re-run or a resumed run sends nothing twice. The budget (requests, tokens) counts only requests
-really sent; once it is spent the client stops asking and reports ``None``.
+really sent; once it is spent the client stops asking and reports ``None``. ``retried`` counts
+every HTTP attempt beyond the first of each request, the ``openai`` client's own retries included.
 """
 
 from __future__ import annotations
@@ -51,16 +52,22 @@ class TeacherClient:
     """Ask the teacher for one chunk's pairs; cached, budgeted, retried."""
 
     def __init__(self, settings: TeacherSettings) -> None:
-        from openai import OpenAI
+        from openai import DefaultHttpxClient, OpenAI
 
         self.settings = settings
         self.stats = TeacherStats()
+        self._attempts = threading.local()  # HTTP attempts of this thread's current request
         self._client = OpenAI(
             base_url=settings.base_url,
             api_key=settings.api_key,
             timeout=settings.timeout,
             max_retries=settings.retries,
+            http_client=DefaultHttpxClient(event_hooks={"request": [self._count_attempt]}),
         )
+
+    def _count_attempt(self, _request: Any) -> None:
+        """httpx calls this before every attempt it sends, retries included (same thread)."""
+        self._attempts.n += 1
 
     def cache_key(self, prompt_key: dict[str, Any], chunk: str) -> str:
         s = self.settings
@@ -114,13 +121,22 @@ class TeacherClient:
     def _send(self, messages: list[dict[str, str]]) -> tuple[str, int]:
         """One chat completion. The client retries 429/5xx/timeouts/connection errors itself
         (``retries``, exponential backoff); connection failures get a few more bounded tries."""
-        import openai
-
         s = self.settings
         kwargs: dict[str, Any] = {"model": s.model, "messages": messages}
         kwargs["temperature"] = s.temperature
         if s.max_tokens is not None:
             kwargs["max_tokens"] = s.max_tokens
+        self._attempts.n = 0
+        try:
+            return self._send_retrying(kwargs)
+        finally:
+            with self.stats._lock:
+                self.stats.retried += max(self._attempts.n - 1, 0)
+
+    def _send_retrying(self, kwargs: dict[str, Any]) -> tuple[str, int]:
+        import openai
+
+        s = self.settings
         attempts = s.retries + 1
         last: Exception | None = None
         for attempt in range(attempts):
@@ -142,8 +158,6 @@ class TeacherClient:
                 content = reply.choices[0].message.content if reply.choices else None
                 usage = reply.usage.total_tokens if reply.usage is not None else 0
                 return content or "", int(usage or 0)
-            with self.stats._lock:
-                self.stats.retried += 1
             if attempt + 1 < attempts:
                 time.sleep(s.retry_backoff * 2**attempt)
         raise LexloraError(
