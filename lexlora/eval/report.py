@@ -28,7 +28,7 @@ LABELS = {
 
 
 def write_report(report_dir: Path, metrics: dict) -> Path:
-    with atomic_directory(report_dir) as tmp:
+    with atomic_directory(report_dir, replace=True) as tmp:
         write_json(tmp / "metrics.json", metrics)
         plots = {
             "headline.png": plot_headline(metrics, tmp / "headline.png"),

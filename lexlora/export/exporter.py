@@ -31,7 +31,7 @@ from lexlora.export.validate import (
     probe_logits,
     read_adapter,
 )
-from lexlora.io import atomic_directory, dumps_canonical, sha256_text
+from lexlora.io import atomic_directory, check_directory_target, dumps_canonical, sha256_text
 from lexlora.models import resolve_base_model
 from lexlora.quiet import quiet_libraries
 from lexlora.recipe import Recipe, validate_recipe
@@ -96,6 +96,7 @@ def export_run(
     combine: list[CombinePart] | None = None,
     combine_method: str = "linear",
     merge_dir: Path | None = None,
+    overwrite: bool = False,
     max_rank: int | None = None,
     force: bool = False,
     log=print,
@@ -103,7 +104,9 @@ def export_run(
     """Validate the run's adapter (optionally scaled, combined, merged) and publish it.
 
     A run flagged by the no-regression gate (``RUN_DIR/eval_gate.json``) is refused unless
-    ``force``."""
+    ``force``. ``merge_dir`` must be new, or a lexlora-made folder with ``overwrite``."""
+    if merge_dir is not None:
+        check_directory_target(merge_dir, replace=overwrite)
     validate_name("tenant", tenant)
     validate_name("adapter", name)
     quiet_libraries()
@@ -154,7 +157,7 @@ def export_run(
 
     merged = None
     if merge_dir is not None:
-        merged = merge_into(peft_model, final, tokenizer, merge_dir)
+        merged = merge_into(peft_model, final, tokenizer, merge_dir, replace=overwrite)
         log(f"merged model → {merged}")
     return ExportResult(published, merged, change)
 
@@ -245,10 +248,10 @@ def _metadata(recipe, run_dir, exported, base_path, base_hash, scale, change) ->
     }
 
 
-def merge_into(model: PeftModel, adapter_name: str, tokenizer, out: Path) -> Path:
+def merge_into(model: PeftModel, adapter_name: str, tokenizer, out: Path, replace=False) -> Path:
     """Merge the adapter into the full-precision base and save it (safetensors), atomically."""
     merged = model.merge_and_unload(adapter_names=[adapter_name])
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, replace=replace) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return out

@@ -237,7 +237,7 @@ def _callbacks(recipe, run_dir, console, interrupt) -> list:
 
 def save_adapter(trainer: SFTTrainer, target: Path) -> Path:
     """Write the final adapter (``adapter_model.safetensors`` + config) atomically."""
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, replace=True) as tmp:
         trainer.model.save_pretrained(tmp, safe_serialization=True)
     return target
 
