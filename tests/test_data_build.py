@@ -132,13 +132,23 @@ def test_bad_documents_are_skipped_and_counted(contract_folder, tmp_path):
 
 
 def test_unknown_builder_and_missing_folder_are_user_errors(contract_folder, tmp_path):
+    out = tmp_path / "data"
     with pytest.raises(LexloraError, match=r"unknown builder 'defs'.*definitions"):
-        build_dataset(folder_recipe(contract_folder, tmp_path, builders={"defs": {}}))
+        build_dataset(folder_recipe(contract_folder, out, builders={"defs": {}}))
     with pytest.raises(LexloraError, match="not found"):
-        build_dataset(folder_recipe(tmp_path / "nowhere", tmp_path))
+        build_dataset(folder_recipe(tmp_path / "nowhere", out))
     opts = {"clause_classification": {"options": {"label_fild": "x"}}}
     with pytest.raises(LexloraError, match="unknown option 'label_fild'"):
-        build_dataset(folder_recipe(contract_folder, tmp_path, builders=opts))
+        build_dataset(folder_recipe(contract_folder, out, builders=opts))
+
+
+def test_an_output_folder_lexlora_did_not_make_is_never_replaced(contract_folder, tmp_path):
+    before = sorted(p.name for p in contract_folder.iterdir())
+    # output_dir/RECIPE is the user's own document folder: refused before anything is built
+    with pytest.raises(LexloraError, match="contracts exists and was not made by lexlora"):
+        build_dataset(folder_recipe(contract_folder, tmp_path))
+    assert sorted(p.name for p in contract_folder.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["contracts"]
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

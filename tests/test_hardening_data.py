@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from lexlora.data.build import build_dataset
+from lexlora.data.manifest import verify_dataset
 from lexlora.export.exporter import export_run
-from lexlora.io import MADE_BY_LEXLORA
+from lexlora.io import CRASH_ENV, MADE_BY_LEXLORA, read_jsonl
+from lexlora.recipe import load_recipe
 from lexlora.registry import AdapterStore
+from lexlora.train.dataset import ensure_dataset
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -62,3 +66,74 @@ def test_export_merge_replaces_its_own_folder_only_with_overwrite(tiny_run, tmp_
     result = export_run(tiny_run, "acme", "contracts", overwrite=True, **quiet)
     assert result.merged_dir == merged and list(merged.glob("*.safetensors"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "store"]  # no temporaries
+
+
+# --- a dataset is visible whole or not at all, and is verified before use ---
+
+
+def recipe_file(folder: Path, out: Path, path: Path) -> Path:
+    path.write_text(
+        f"name: contracts\ndata:\n  corpus: folder\n  path: {folder}\n  output_dir: {out}\n"
+        "  clean: {min_chars: 100}\n  builders: {definitions: {}, section_qa: {}}\n"
+        "  split: {validation: 0.17, test: 0.17, seed: 1}\n  leakage: {max_overlap: 1.0}\n"
+    )
+    return path
+
+
+def build_generation(folder: Path) -> int:
+    """The split seed of the build in ``folder``, after checking that every file is of that
+    build: the manifest's hashes match and every pair's document is in its split."""
+    manifest = verify_dataset(folder, "contracts")
+    docs = {d["id"]: d["split"] for d in read_jsonl(folder / "documents.jsonl")}
+    for split in ("train", "validation", "test"):
+        assert {docs[r["meta"]["doc_id"]] for r in read_jsonl(folder / f"{split}.jsonl")} <= {split}
+        assert sorted(d for d, s in docs.items() if s == split) == sorted(
+            manifest["split"]["doc_ids"][split]
+        )
+    return manifest["split"]["seed"]
+
+
+@pytest.mark.parametrize(
+    ("crash_at", "expected_seed"),
+    [
+        ("write:train.jsonl", 1),  # the new train split renamed in: the old build stays
+        ("directory-written:contracts", 1),  # the whole new build written, not swapped in
+        ("directory-swapped:contracts", 2),  # swapped in, the old build not yet removed
+    ],
+)
+def test_a_killed_build_leaves_the_old_dataset_or_the_new_one(
+    contract_folder, tmp_path, crash_at, expected_seed
+):
+    recipe = recipe_file(contract_folder, tmp_path / "data", tmp_path / "contracts.yaml")
+    data_dir = tmp_path / "data" / "contracts"
+    build_dataset(load_recipe(str(recipe)))
+    assert build_generation(data_dir) == 1
+    crashed = run_cli(
+        "data", str(recipe), "--set", "data.split.seed=2", cwd=tmp_path,
+        env={CRASH_ENV: crash_at},
+    )  # fmt: skip
+    assert crashed.returncode == 137, crashed.stderr
+    assert build_generation(data_dir) == expected_seed
+    assert len(list((tmp_path / "data").iterdir())) == 2  # the dataset and one leftover
+    rebuilt = run_cli("data", str(recipe), "--set", "data.split.seed=2", cwd=tmp_path)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert build_generation(data_dir) == 2
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["contracts"]  # leftover removed
+
+
+def test_a_changed_split_file_is_refused_by_eval_and_rebuilt_by_train(contract_folder, tmp_path):
+    recipe = recipe_file(contract_folder, tmp_path / "data", tmp_path / "contracts.yaml")
+    data_dir = tmp_path / "data" / "contracts"
+    build_dataset(load_recipe(str(recipe)))
+    train_rows = (data_dir / "train.jsonl").read_text().splitlines()
+    with (data_dir / "test.jsonl").open("a") as f:  # a training pair slipped into the test split
+        f.write(train_rows[0] + "\n")
+    message = one_line_error(run_cli("eval", str(recipe), cwd=tmp_path))
+    assert "test.jsonl: does not match its sha256 in manifest.json" in message
+    assert "rebuild it with `lexlora data contracts`" in message
+
+    logged: list[str] = []
+    ensure_dataset(load_recipe(str(recipe)), log=logged.append)
+    assert len(logged) == 1 and "test.jsonl: does not match its sha256" in logged[0]
+    assert build_generation(data_dir) == 1
+    assert train_rows[0] not in (data_dir / "test.jsonl").read_text()

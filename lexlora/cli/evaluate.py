@@ -68,14 +68,14 @@ def run_eval(cfg, target: EvalTarget, sweep: list[float] | None = None):
     """Evaluate ``target`` on the recipe's held-out documents; a run folder also gets the gate's
     verdict (``eval_gate.json``)."""
     from lexlora.data.build import dataset_dir
+    from lexlora.data.manifest import verify_dataset
     from lexlora.errors import LexloraError
     from lexlora.eval.runner import evaluate
     from lexlora.quiet import quiet_libraries
 
     quiet_libraries()
     data_dir = dataset_dir(cfg)
-    if not (data_dir / "manifest.json").is_file():
-        raise LexloraError(f"{data_dir}: no dataset; run `lexlora data {cfg.name}` first")
+    verify_dataset(data_dir, cfg.name)
     if target.endpoint:
         from lexlora.eval.endpoint import EndpointScorer
         from lexlora.models import resolve_base_model

@@ -2,7 +2,9 @@
 
 Reads top to bottom: load → clean → scrub → deduplicate → split by document → build pairs →
 weight the training split → leakage check → write ``data/RECIPE/{train,validation,test}.jsonl``,
-``documents.jsonl`` and ``manifest.json``. Same inputs and seed give byte-identical files.
+``documents.jsonl`` and ``manifest.json`` (with every file's sha256). Same inputs and seed give
+byte-identical files. The files are written into a staging folder next to ``data/RECIPE`` that
+replaces it in one step: a build killed at any point leaves the previous build or the new one.
 """
 
 from __future__ import annotations
@@ -26,11 +28,20 @@ from lexlora.data.builders import (
 )
 from lexlora.data.clean import clean_text, compile_boilerplate, find_duplicates
 from lexlora.data.leakage import measure_leakage
+from lexlora.data.manifest import MANIFEST
 from lexlora.data.pairs import Pair
 from lexlora.data.scrub import scrub_text
 from lexlora.data.split import SPLITS, split_by_document
 from lexlora.errors import LexloraError
-from lexlora.io import dumps_canonical, sha256_file, sha256_text, write_json, write_jsonl
+from lexlora.io import (
+    atomic_directory,
+    check_directory_target,
+    dumps_canonical,
+    sha256_file,
+    sha256_text,
+    write_json,
+    write_jsonl,
+)
 from lexlora.recipe import DataConfig, Recipe
 
 MAX_LABEL_VALUES = 64
@@ -50,6 +61,7 @@ def build_dataset(
     if not builders:
         raise LexloraError(f"recipe '{recipe.name}': data.builders enables no builder")
     corpus = corpus_manifest(cfg.corpus)
+    out = check_directory_target(dataset_dir(recipe), replace=True)
 
     report = CorpusReadReport()
     raw_docs = sorted(load_documents(cfg.corpus, corpora_dir, cfg.path, report), key=_doc_key)
@@ -105,18 +117,6 @@ def build_dataset(
             f"split on average, above data.leakage.max_overlap={cfg.leakage.max_overlap}"
         )
 
-    out = Path(cfg.output_dir) / recipe.name
-    files = {}
-    for split in SPLITS:
-        path = out / f"{split}.jsonl"
-        write_jsonl(path, (p.model_dump(mode="json") for p in pairs[split]))
-        files[path.name] = sha256_file(path)
-    write_jsonl(
-        out / "documents.jsonl",
-        ({**d.model_dump(mode="json"), "split": assignment[d.id]} for d in docs),
-    )
-    files["documents.jsonl"] = sha256_file(out / "documents.jsonl")
-
     manifest = {
         "recipe": recipe.name,
         "recipe_hash": recipe.hash(),
@@ -142,14 +142,30 @@ def build_dataset(
         "split": _split_summary(assignment, strata, cfg),
         "pairs": {**_pair_counts(pairs), "dropped_to_balance": balanced_out},
         "leakage": leakage.as_dict(),
-        "files": files,
     }
     if teacher_summary is not None:
         manifest["teacher"] = teacher_summary
     if presence_summary is not None:
         manifest["clause_presence"] = presence_summary
-    write_json(out / "manifest.json", manifest)
+    with atomic_directory(out, replace=True) as staging:
+        files = {}
+        for split in SPLITS:
+            files[f"{split}.jsonl"] = _write_rows(
+                staging / f"{split}.jsonl", (p.model_dump(mode="json") for p in pairs[split])
+            )
+        files["documents.jsonl"] = _write_rows(
+            staging / "documents.jsonl",
+            ({**d.model_dump(mode="json"), "split": assignment[d.id]} for d in docs),
+        )
+        manifest["files"] = files
+        write_json(staging / MANIFEST, manifest)
     return manifest
+
+
+def _write_rows(path: Path, rows) -> str:
+    """Write JSONL rows; return the file's sha256 (what readers check against the manifest)."""
+    write_jsonl(path, rows)
+    return sha256_file(path)
 
 
 def _doc_key(doc: Document) -> str:
@@ -226,7 +242,7 @@ def _balance(pairs: list[Pair], cfg: DataConfig, split: str) -> tuple[list[Pair]
     for key, by_label in sorted(groups.items()):
         least = min(len(rows) for rows in by_label.values())
         rng = random.Random(f"{cfg.split.seed}:balance:{split}:{':'.join(key)}")
-        for label, rows in sorted(by_label.items()):
+        for _label, rows in sorted(by_label.items()):
             if len(rows) > least:
                 drop.update(rng.sample(rows, len(rows) - least))
     return [p for i, p in enumerate(pairs) if i not in drop], len(drop)

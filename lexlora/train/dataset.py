@@ -7,29 +7,25 @@ model's chat template and computes the loss on the completion tokens only, for a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from datasets import Dataset
 
 from lexlora.data.build import build_dataset, dataset_dir
+from lexlora.data.manifest import dataset_problem
 from lexlora.errors import LexloraError
 from lexlora.io import read_jsonl
 from lexlora.recipe import Recipe
 
 
 def ensure_dataset(recipe: Recipe, log=print) -> Path:
-    """The recipe's data folder, (re)built first when missing or built from another data recipe."""
+    """The recipe's data folder, (re)built first when missing, built from another data recipe,
+    or not matching the file hashes of its manifest."""
     folder = dataset_dir(recipe)
-    manifest_path = folder / "manifest.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("data_hash") == recipe.data_hash():
-            return folder
-        log(f"data: {folder} was built from another data section; rebuilding")
-    else:
-        log(f"data: {folder} not found; building it first")
-    build_dataset(recipe)
+    problem = dataset_problem(folder, recipe.data_hash())
+    if problem is not None:
+        log(f"data: {problem}; building it")
+        build_dataset(recipe)
     return folder
 
 
