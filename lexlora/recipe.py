@@ -145,6 +145,9 @@ class EvalConfig(_Section):
     sweep: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0])
     max_new_tokens: int = Field(64, gt=0)
     seed: int = 0
+    gate_min_items: int = Field(
+        30, ge=1, le=10**6, description="Fewest paired items for a family to be gated."
+    )
 
 
 class Recipe(_Section):

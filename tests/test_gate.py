@@ -14,7 +14,9 @@ import yaml
 from conftest import make_recipe
 
 from lexlora.errors import LexloraError
-from lexlora.eval.gate import GATE_FILE, check_gate, gate_verdict
+from lexlora.eval.gate import GATE_FILE, check_gate, gate_verdict, holm_rejections
+from lexlora.eval.report import gate_text
+from lexlora.eval.scores import compare, summarize
 from lexlora.eval.tasks import EvalItem, option_texts
 from lexlora.eval.yesno import balanced_accuracy, yes_no_metrics
 
@@ -73,7 +75,7 @@ def stat(mean: float) -> dict:
     return {"mean": mean, "low": mean - 0.01, "high": mean + 0.01, "n": 50}
 
 
-def row(metric: str, base: float, adapter: float, low: float, high: float) -> dict:
+def row(metric: str, base: float, adapter: float, low: float, high: float, p: float) -> dict:
     return {
         "metric": metric,
         "base": stat(base),
@@ -84,6 +86,7 @@ def row(metric: str, base: float, adapter: float, low: float, high: float) -> di
             "high": high,
             "improved": False,
             "worse": (high < 0) if metric != "answer_nll" else (low > 0),
+            "p_worse": p,
         },
     }
 
@@ -91,11 +94,11 @@ def row(metric: str, base: float, adapter: float, low: float, high: float) -> di
 def test_gate_verdict_names_each_significantly_worse_family(tmp_path):
     metrics = {
         "tasks": {
-            "definition": row("answer_nll", 2.0, 2.6, 0.4, 0.8),  # worse: loss went up
-            "modality": row("accuracy", 0.5, 0.45, -0.15, 0.05),  # interval spans 0: not flagged
+            "definition": row("answer_nll", 2.0, 2.6, 0.4, 0.8, 0.001),  # worse: loss went up
+            "modality": row("accuracy", 0.5, 0.45, -0.15, 0.05, 0.2),  # spans 0: not flagged
         },
         "headline": {
-            "yes_no_balanced_accuracy": row("balanced_accuracy", 0.6, 0.4, -0.3, -0.1),
+            "yes_no_balanced_accuracy": row("balanced_accuracy", 0.6, 0.4, -0.3, -0.1, 0.001),
         },
     }
     verdict = gate_verdict(metrics)
@@ -114,6 +117,47 @@ def test_gate_verdict_names_each_significantly_worse_family(tmp_path):
         check_gate(run, force=False)
     check_gate(run, force=True, log=messages.append)
     assert "because of --force" in messages[-1]
+
+
+def test_holm_rejections_step_down():
+    # sorted: 0.005 < 0.05/4, 0.01 < 0.05/3, then 0.03 >= 0.05/2 stops the procedure
+    assert holm_rejections([0.01, 0.04, 0.03, 0.005], alpha=0.05) == [True, False, False, True]
+    assert holm_rejections([0.02], alpha=0.025) == [True]
+    assert holm_rejections([], alpha=0.025) == []
+
+
+def family(metric: str, adapter: list[float], base: list[float]) -> dict:
+    return {
+        "metric": metric,
+        "base": summarize(base),
+        "adapter": summarize(adapter),
+        "difference": compare(adapter, base, metric),
+    }
+
+
+def test_gate_needs_enough_items_and_corrects_for_many_families():
+    """A family under 30 items is listed, not gated; a family that only an uncorrected interval
+    calls worse is not flagged once Holm's correction accounts for the other families."""
+    ones = [1.0] * 40
+    clearly_worse = family("accuracy", [0.0] * 20 + [1.0] * 20, ones)
+    borderline = family("accuracy", [0.0] * 4 + [1.0] * 36, ones)  # p ≈ 0.9**40 ≈ 0.015
+    improved = family("accuracy", ones, [0.0] * 20 + [1.0] * 20)
+    tiny_and_worse = family("token_f1", [0.0] * 12, [1.0] * 12)
+    assert borderline["difference"]["worse"], "uncorrected, the 95% interval excludes zero"
+    assert 0.0125 <= borderline["difference"]["p_worse"] < 0.025
+    metrics = {
+        "tasks": {"a": clearly_worse, "b": borderline, "c": improved},
+        "headline": {"token_f1": tiny_and_worse},
+    }
+    verdict = gate_verdict(metrics)
+    assert [f["family"] for f in verdict["flagged"]] == ["task a"]
+    assert verdict["gated"] == 3
+    assert verdict["too_small"] == [{"family": "headline token_f1", "metric": "token_f1", "n": 12}]
+    # the same borderline family alone is flagged: with one family Holm is the plain interval
+    assert not gate_verdict({"tasks": {"b": borderline}})["passed"]
+    lines = gate_text({"gate": verdict})
+    assert lines[0] == "no-regression gate: FLAGGED (1 of 3 families)"
+    assert lines[-1] == "not gated, fewer than 30 items: headline token_f1 (n=12)"
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -186,6 +230,8 @@ def test_gate_stops_a_deliberately_bad_recipe(tiny_model, tmp_path):
         "1",
         "--set",
         f"eval.tasks_file={tasks}",
+        "--set",
+        "eval.gate_min_items=8",  # the tiny corpus has 20 open test items
         cwd=tmp_path,
     )
     assert evaluated.returncode == 0, evaluated.stderr

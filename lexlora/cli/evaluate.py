@@ -136,7 +136,8 @@ def print_headline(result) -> None:
         style = "red" if "WORSE" in line else "green" if "better" in line else ""
         console.print(f"  {line}", style=style or None, highlight=False)
     for line in gate_text(result.metrics):
-        style = "bold red" if "FLAGGED" in line or "WORSE" in line else "green"
+        bad = "FLAGGED" in line or "WORSE" in line
+        style = "bold red" if bad else "dim" if line.startswith("not gated") else "green"
         console.print(line, style=style, highlight=False)
     console.print(f"best strength: {result.metrics['best_scale']}")
     console.print(f"[green]report[/] {result.report_dir / 'report.html'}")

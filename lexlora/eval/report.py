@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from lexlora.eval.gate import describe
+from lexlora.eval.gate import describe, describe_too_small
 from lexlora.io import atomic_directory, write_json
 
 LABELS = {
@@ -154,9 +154,17 @@ def gate_text(metrics: dict) -> list[str]:
     gate = metrics.get("gate")
     if gate is None:
         return []
-    if gate["passed"]:
-        return ["no-regression gate: passed (no task family significantly worse)"]
-    return ["no-regression gate: FLAGGED"] + [f"WORSE {describe(f)}" for f in gate["flagged"]]
+    gated = gate.get("gated")
+    if gate["passed"] and gated == 0:
+        lines = ["no-regression gate: passed, with nothing to gate (every family is too small)"]
+    elif gate["passed"]:
+        scope = "" if gated is None else f" of {gated} (Holm-corrected)"
+        lines = [f"no-regression gate: passed (no task family{scope} significantly worse)"]
+    else:
+        lines = [f"no-regression gate: FLAGGED ({len(gate['flagged'])} of {gated} families)"]
+        lines += [f"WORSE {describe(f)}" for f in gate["flagged"]]
+    small = describe_too_small(gate)
+    return [*lines, small] if small else lines
 
 
 def _yes_no_summary(metrics: dict) -> str:

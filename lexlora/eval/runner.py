@@ -113,7 +113,7 @@ def evaluate(
         "worst_examples": _worst(gen_items, raw),
         "seconds": None,
     }
-    metrics["gate"] = gate_verdict(metrics)
+    metrics["gate"] = gate_verdict(metrics, min_items=recipe.eval.gate_min_items)
     metrics["seconds"] = round(time.time() - started, 1)
     eval_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     report_dir = write_report(out_root / recipe.name / eval_id, metrics)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from lexlora.eval.metrics import bootstrap_ci, exact_match, paired_difference, rouge_l, token_f1
+from lexlora.eval.metrics import (
+    bootstrap_ci,
+    exact_match,
+    paired_difference,
+    paired_p_worse,
+    rouge_l,
+    token_f1,
+)
 from lexlora.eval.tasks import EvalItem
 
 # metric → True when higher is better
@@ -42,12 +49,21 @@ def summarize(values: Sequence[float], seed: int = 0) -> dict[str, float]:
 
 
 def compare(adapter: Sequence[float], base: Sequence[float], metric: str, seed: int = 0) -> dict:
-    """Paired difference adapter − base, and whether the interval excludes zero either way."""
+    """Paired difference adapter − base, whether the interval excludes zero either way, and the
+    one-sided p-value of "worse" that the gate corrects across families."""
     mean, low, high = paired_difference(adapter, base, seed=seed)
     better = HIGHER_IS_BETTER[metric]
     improved = (low > 0) if better else (high < 0)
     worse = (high < 0) if better else (low > 0)
-    return {"mean": mean, "low": low, "high": high, "improved": improved, "worse": worse}
+    p = paired_p_worse(adapter, base, better, seed=seed)
+    return {
+        "mean": mean,
+        "low": low,
+        "high": high,
+        "improved": improved,
+        "worse": worse,
+        "p_worse": p,
+    }
 
 
 def perplexity(nll_summary: dict[str, float]) -> dict[str, float]:

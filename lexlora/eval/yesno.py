@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lexlora.eval.metrics import p_worse
 from lexlora.eval.scores import compare, summarize
 from lexlora.eval.tasks import EvalItem
 
@@ -99,6 +100,7 @@ def _balanced(is_yes: np.ndarray, b: np.ndarray, a: np.ndarray, seed: int) -> di
             "high": diff["high"],
             "improved": diff["low"] > 0,
             "worse": diff["high"] < 0,
+            "p_worse": p_worse(ra - rb, higher_is_better=True),
         },
     }
 
