@@ -85,6 +85,9 @@ class LeakageConfig(_Section):
 class DataConfig(_Section):
     corpus: str = Field(description="licenses | icd10cm | folder")
     path: str | None = Field(None, description="Folder of documents (corpus: folder).")
+    max_file_mb: float = Field(
+        50, gt=0, le=100_000, description="corpus: folder: larger files are skipped (too-large)."
+    )
     max_documents: int | None = Field(None, ge=1)
     system_prompt: str = "You are a careful legal assistant."
     output_dir: str = "data"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -182,3 +187,54 @@ def test_missing_root_and_file_root_are_user_errors(tmp_path: Path) -> None:
     a_file.write_text("x", "utf-8")
     with pytest.raises(LexloraError, match=r"file\.txt: not a folder"):
         read_folder_documents(a_file)
+
+
+class StillReading(Exception):
+    """Not an OSError: the reader's own ``except OSError`` must not swallow it."""
+
+
+@contextmanager
+def fails_after(seconds: int) -> Iterator[None]:
+    """Raise StillReading in the block after ``seconds`` (a blocked open() included)."""
+
+    def expire(*_):
+        raise StillReading(f"still reading after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_only_regular_files_are_read_and_every_other_entry_is_counted(tmp_path: Path) -> None:
+    root, outside = tmp_path / "firm", tmp_path / "private"
+    (root / "ndas").mkdir(parents=True)
+    outside.mkdir()
+    (root / "ndas" / "mutual.txt").write_text("Both parties agree to keep secrets.", "utf-8")
+    (root / "big.txt").write_text("x" * 2000, "utf-8")
+    (outside / "id_rsa.txt").write_text("PRIVATE KEY", "utf-8")
+    os.mkfifo(root / "pipe.txt")  # nobody ever writes: opening it for reading would block
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(root / "sock.txt"))
+        (root / "alias.txt").symlink_to(root / "ndas" / "mutual.txt")  # inside: read
+        (root / "key.txt").symlink_to(outside / "id_rsa.txt")  # out of the folder: skipped
+        (root / "gone.txt").symlink_to(root / "missing.txt")
+        (root / "linked").symlink_to(outside, target_is_directory=True)
+        report = CorpusReadReport()
+        with fails_after(20):
+            docs = list(read_folder_documents(root, report, max_file_bytes=1000))
+    assert [d.id for d in docs] == ["folder:alias.txt", "folder:ndas/mutual.txt"]
+    assert not any("PRIVATE" in d.text for d in docs)
+    assert report.skipped == {
+        "broken-link": 1,
+        "link-outside-folder": 1,
+        "linked-folder": 1,
+        "not-a-regular-file": 2,
+        "too-large": 1,
+    }
+    assert "pipe.txt: skipped (not-a-regular-file)" in report.warnings
+    assert "big.txt: skipped (too-large)" in report.warnings
+    assert "folder:big.txt" in [d.id for d in read_folder_documents(root)]  # default cap: 50 MB

@@ -4,6 +4,7 @@ not at all and verified before use; the folder corpus reads only regular files a
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,37 @@ def test_a_changed_split_file_is_refused_by_eval_and_rebuilt_by_train(contract_f
     assert len(logged) == 1 and "test.jsonl: does not match its sha256" in logged[0]
     assert build_generation(data_dir) == 1
     assert train_rows[0] not in (data_dir / "test.jsonl").read_text()
+
+
+# --- the folder corpus: only regular files, every skip counted ---
+
+
+def without_root_privileges() -> list[str]:
+    """A command prefix under which permission bits apply: as root, ``setpriv`` drops the
+    capabilities that let root read any folder (the process stays uid 0)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: chmod 000 cannot make a folder unreadable")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+def test_data_counts_an_unreadable_folder_and_never_waits_on_a_fifo(contract_folder, tmp_path):
+    os.mkfifo(contract_folder / "pipe.txt")
+    locked = contract_folder / "locked"
+    locked.mkdir()
+    (locked / "secret-contract.txt").write_text("A contract nobody may read. " * 10)
+    recipe = recipe_file(contract_folder, tmp_path / "data", tmp_path / "contracts.yaml")
+    locked.chmod(0)
+    try:
+        result = subprocess.run(
+            [*without_root_privileges(), sys.executable, "-m", "lexlora.cli", "data", str(recipe)],
+            capture_output=True, text=True, cwd=tmp_path, timeout=120,
+            env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+    finally:
+        locked.chmod(0o755)
+    assert result.returncode == 0, result.stderr
+    skipped = verify_dataset(tmp_path / "data" / "contracts", "contracts")["documents"]["skipped"]
+    assert skipped == {"not-a-regular-file": 1, "unreadable-folder": 1}
+    assert "'not-a-regular-file': 1" in result.stdout and "'unreadable-folder': 1" in result.stdout

@@ -66,16 +66,21 @@ def ensure_installed(manifest: CorpusManifest) -> None:
 
 
 def read_corpus(
-    name: str, path: str | Path | None = None, report: CorpusReadReport | None = None
+    name: str,
+    path: str | Path | None = None,
+    report: CorpusReadReport | None = None,
+    max_file_bytes: int | None = None,
 ) -> Iterator[Document]:
-    """Read documents straight from the corpus's source (package data or a user folder)."""
+    """Read documents straight from the corpus's source (package data or a user folder; a user
+    folder's files over ``max_file_bytes`` are skipped, default the folder reader's cap)."""
     manifest = corpus_manifest(name)
     module_name, _, func_name = manifest.reader.partition(":")
     reader = getattr(importlib.import_module(module_name), func_name)
     if name == "folder":
         if path is None:
             raise LexloraError("corpus 'folder' needs a folder: set data.path in the recipe")
-        yield from reader(Path(path).expanduser(), report)
+        limit = {} if max_file_bytes is None else {"max_file_bytes": max_file_bytes}
+        yield from reader(Path(path).expanduser(), report, **limit)
         return
     ensure_installed(manifest)
     for doc in reader():
@@ -100,11 +105,12 @@ def load_documents(
     corpora_dir: Path,
     path: str | Path | None = None,
     report: CorpusReadReport | None = None,
+    max_file_bytes: int | None = None,
 ) -> list[Document]:
     """Documents of a corpus: a user folder is read directly; a packaged corpus comes from its
     fetched ``documents.jsonl``, fetched first when missing."""
     if name == "folder":
-        return list(read_corpus(name, path, report))
+        return list(read_corpus(name, path, report, max_file_bytes))
     file = documents_path(name, corpora_dir)
     if not file.is_file():
         fetch_corpus(name, corpora_dir)

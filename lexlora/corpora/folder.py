@@ -1,14 +1,20 @@
 """A user's own folder of documents (.txt, .md, .html/.htm, .pdf) as a corpus.
 
 Files are found recursively, hidden (dot-prefixed) files and folders ignored, and read in order of
-relative POSIX path. Each readable file becomes one :class:`Document` with id
-``folder:<relative path>``; ``metadata["category"]`` is the first sub-folder under the root (or
-``"root"``), so a firm can stratify by ``ndas/``, ``leases/``, ...
+relative POSIX path. Only regular files are read, each up to ``max_file_bytes``; a symbolic link is
+followed only when it resolves to a regular file inside the root (a link out of the folder could
+pull private files into training data), and linked sub-folders are not entered. Each readable
+file becomes one :class:`Document` with id ``folder:<relative path>``; ``metadata["category"]``
+is the first sub-folder under the root (or ``"root"``), so a firm can stratify by ``ndas/``,
+``leases/``, ...
 
 Files that cannot be used are skipped and counted in a :class:`CorpusReadReport`, never raised:
 ``empty`` (no text after extraction, e.g. a whitespace-only file or a scanned PDF without a text
 layer), ``binary`` (NUL bytes in the first 8 KB of a text file), ``not-utf8``, ``unreadable-pdf``
-(pypdf cannot parse it, or it has no pages), ``unsupported-extension``, ``unreadable`` (OS error).
+(pypdf cannot parse it, or it has no pages), ``unsupported-extension``, ``unreadable`` (OS error),
+``not-a-regular-file`` (FIFO, socket, device), ``too-large``, ``link-outside-folder``,
+``broken-link``, ``linked-folder`` and ``unreadable-folder`` (a sub-folder that cannot be listed,
+counted once: its documents are unknown).
 """
 
 from __future__ import annotations
@@ -17,10 +23,10 @@ import io
 import logging
 import os
 import re
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-
 from pathlib import Path
 
 from bs4 import BeautifulSoup
@@ -41,6 +47,7 @@ FORMATS: dict[str, str] = {
 }
 MAX_TITLE_CHARS = 120
 BINARY_SNIFF_BYTES = 8192
+DEFAULT_MAX_FILE_BYTES = 50_000_000
 
 _DROP_TAGS = frozenset({"script", "style", "nav", "noscript", "template", "head"})
 # Blocks separated by a blank line; line-level blocks by a single newline.
@@ -64,25 +71,32 @@ class _Skip(Exception):
         self.reason = reason
 
 
-def read_folder_documents(root: Path, report: CorpusReadReport | None = None) -> Iterator[Document]:
+def read_folder_documents(
+    root: Path,
+    report: CorpusReadReport | None = None,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> Iterator[Document]:
     """Documents from every supported file under ``root``; ``report`` collects counts/warnings.
 
     The root is checked immediately (a missing root or a file is a LexloraError); files are read
-    lazily while iterating.
+    lazily while iterating. A file over ``max_file_bytes`` is skipped (``too-large``).
     """
     root = Path(root)
     if not root.exists():
         raise LexloraError(f"{root}: folder not found")
     if not root.is_dir():
         raise LexloraError(f"{root}: not a folder")
-    return _iter_documents(root, report if report is not None else CorpusReadReport())
+    if max_file_bytes < 1:
+        raise LexloraError(f"max_file_bytes {max_file_bytes}: expected at least 1")
+    report = report if report is not None else CorpusReadReport()
+    return _iter_documents(root, report, max_file_bytes)
 
 
-def _iter_documents(root: Path, report: CorpusReadReport) -> Iterator[Document]:
+def _iter_documents(root: Path, report: CorpusReadReport, max_bytes: int) -> Iterator[Document]:
     source = f"folder:{root.resolve().name or root.resolve().as_posix()}"
-    for rel in _list_files(root):
+    for rel in _list_files(root, report):
         try:
-            doc = _read_file(root, rel, source)
+            doc = _read_file(root, rel, source, max_bytes)
         except _Skip as skip:
             report.skip(rel, skip.reason)
             continue
@@ -90,25 +104,31 @@ def _iter_documents(root: Path, report: CorpusReadReport) -> Iterator[Document]:
         yield doc
 
 
-def _list_files(root: Path) -> list[str]:
-    """Relative POSIX paths of the non-hidden files under ``root``, sorted."""
+def _list_files(root: Path, report: CorpusReadReport) -> list[str]:
+    """Relative POSIX paths of the non-hidden files under ``root``, sorted; sub-folders that
+    cannot be listed and linked sub-folders are counted in ``report``."""
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+
+    def unlistable(error: OSError) -> None:
+        report.skip(Path(error.filename).relative_to(root).as_posix(), "unreadable-folder")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable):
         base = Path(dirpath).relative_to(root)
+        visible = [d for d in dirnames if not d.startswith(".")]
+        for d in visible:
+            if (Path(dirpath) / d).is_symlink():
+                report.skip((base / d).as_posix(), "linked-folder")
+        dirnames[:] = [d for d in visible if not (Path(dirpath) / d).is_symlink()]
         found.extend((base / f).as_posix() for f in filenames if not f.startswith("."))
     return sorted(found)
 
 
-def _read_file(root: Path, rel: str, source: str) -> Document:
+def _read_file(root: Path, rel: str, source: str, max_bytes: int) -> Document:
     path = root / rel
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise _Skip("unsupported-extension")
-    try:
-        data = path.read_bytes()
-    except OSError:
-        raise _Skip("unreadable") from None
+    data = _read_regular_file(root, path, max_bytes)
     if fmt == "pdf":
         text, title = _pdf_text(data), None
     else:
@@ -129,6 +149,39 @@ def _read_file(root: Path, rel: str, source: str) -> Document:
         source=source,
         licence=LICENCE,
     )
+
+
+def _read_regular_file(root: Path, path: Path, max_bytes: int) -> bytes:
+    """The bytes of ``path`` if it is (or links, inside ``root``, to) a regular file of at most
+    ``max_bytes``; otherwise _Skip. Never blocks: the file is opened non-blocking (a FIFO opens at
+    once) and checked with fstat on the opened descriptor, not on the name."""
+    if path.is_symlink():
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # dangling, or a loop
+            raise _Skip("broken-link") from None
+        if not target.is_relative_to(root.resolve()):
+            raise _Skip("link-outside-folder")
+        path = target
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # devices are not even opened
+            raise _Skip("not-a-regular-file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        raise _Skip("unreadable") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise _Skip("not-a-regular-file")
+        if info.st_size > max_bytes:
+            raise _Skip("too-large")
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError:
+            raise _Skip("unreadable") from None
+    if len(data) > max_bytes:  # grew while being read
+        raise _Skip("too-large")
+    return data
 
 
 def _decode(data: bytes) -> str:

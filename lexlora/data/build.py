@@ -64,7 +64,9 @@ def build_dataset(
     out = check_directory_target(dataset_dir(recipe), replace=True)
 
     report = CorpusReadReport()
-    raw_docs = sorted(load_documents(cfg.corpus, corpora_dir, cfg.path, report), key=_doc_key)
+    max_file_bytes = int(cfg.max_file_mb * 1_000_000)
+    raw_docs = load_documents(cfg.corpus, corpora_dir, cfg.path, report, max_file_bytes)
+    raw_docs = sorted(raw_docs, key=_doc_key)
     raw_docs = _limit(raw_docs, cfg.max_documents, cfg.split.seed)
     if not raw_docs:
         raise LexloraError(f"corpus '{cfg.corpus}': no documents to build from")
