@@ -1,7 +1,8 @@
 """Atomic writes, hashing and JSONL helpers shared by every stage.
 
-Temporary entries are named ``.NAME.PID.XXXX.tmp`` next to their target, so a later write of the
-same target recognises and removes the ones a killed lexlora process left (and only those).
+Temporary entries are named ``.NAME.lexlora-PID.XXXXXXXX.tmp`` next to their target, so a later
+write of the same target recognises and removes the ones a killed lexlora process left (and only
+those).
 A folder written by :func:`atomic_directory` carries a marker file, :data:`MADE_BY_LEXLORA`:
 lexlora replaces an existing folder only when it carries the marker and the caller asked to.
 """
@@ -40,18 +41,20 @@ def crash_point(name: str) -> None:
 
 
 def _temp_prefix(name: str) -> str:
-    return f".{name}.{os.getpid()}."
+    return f".{name}.lexlora-{os.getpid()}."
 
 
-def remove_stale_temps(folder: Path, name: str) -> list[Path]:
-    """Remove the temporary entries for ``folder/name`` whose lexlora process is no longer alive.
+def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
+    """Remove the temporary entries in ``folder`` (for target ``name``, or for any target) whose
+    lexlora process is no longer alive.
 
-    Only ``.NAME.PID.XXXX.tmp`` entries with a dead PID go; a temporary folder also has to carry
-    lexlora's marker. Returns what was removed.
+    Only ``.NAME.lexlora-PID.XXXXXXXX.tmp`` entries with a dead PID go; a temporary folder also
+    has to carry lexlora's marker. Returns what was removed.
     """
-    pattern = re.compile(rf"\.{re.escape(name)}\.(\d+)\.[a-z0-9_]+\.tmp")
+    target = ".+" if name is None else re.escape(name)
+    pattern = re.compile(rf"\.{target}\.lexlora-(\d+)\.[a-z0-9_]{{8}}\.tmp")
     removed = []
-    for entry in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+    for entry in Path(folder).glob(f".{'*' if name is None else glob.escape(name)}.lexlora-*.tmp"):
         match = pattern.fullmatch(entry.name)
         if match is None or _process_alive(int(match[1])):
             continue

@@ -172,3 +172,31 @@ def test_data_counts_an_unreadable_folder_and_never_waits_on_a_fifo(contract_fol
     skipped = verify_dataset(tmp_path / "data" / "contracts", "contracts")["documents"]["skipped"]
     assert skipped == {"not-a-regular-file": 1, "unreadable-folder": 1}
     assert "'not-a-regular-file': 1" in result.stdout and "'unreadable-folder': 1" in result.stdout
+
+
+# --- leftovers of killed processes are removed by the next run, and nothing else ---
+
+KILLED_ADAPTER_SAVE = """
+import os, signal, sys
+from lexlora.io import atomic_directory
+with atomic_directory(sys.argv[1], replace=True) as tmp:
+    (tmp / "adapter_model.safetensors").write_bytes(b"half")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_new_run_removes_what_killed_runs_left_in_earlier_run_folders(contract_folder, tmp_path):
+    from conftest import folder_recipe
+
+    from lexlora.train.run_dir import new_run_dir
+
+    earlier = tmp_path / "runs" / "contracts" / "20260101-000000"
+    earlier.mkdir(parents=True)
+    (earlier / ".adapter.notes.tmp").write_text("the user's own")
+    killed = subprocess.run([sys.executable, "-c", KILLED_ADAPTER_SAVE, str(earlier / "adapter")])
+    assert killed.returncode == -9
+    assert len(list(earlier.glob(".adapter.lexlora-*.tmp"))) == 1
+    recipe = folder_recipe(contract_folder, tmp_path / "data")
+    recipe.train.output_dir = str(tmp_path / "runs")
+    new_run_dir(recipe)
+    assert [p.name for p in earlier.iterdir()] == [".adapter.notes.tmp"]

@@ -138,9 +138,10 @@ def test_temporaries_of_a_killed_process_are_removed_by_the_next_write(tmp_path)
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         own = {  # temporaries that are not stale, or not lexlora's: never touched
-            f".adapter.{alive.pid}.abcd1234.tmp": "dir",  # its process is alive
-            f".adapter.{dead_pid()}.nomarker.tmp": "dir",  # no marker inside
+            f".adapter.lexlora-{alive.pid}.abcd1234.tmp": "dir",  # its process is alive
+            f".adapter.lexlora-{dead_pid()}.nomarker.tmp": "dir",  # no marker inside
             ".adapter.notes.tmp": "file",  # not lexlora's pattern
+            f".adapter.{dead_pid()}.abcd1234.tmp": "file",
             "adapter.1.x.tmp": "file",
         }
         for name, kind in own.items():
@@ -148,7 +149,7 @@ def test_temporaries_of_a_killed_process_are_removed_by_the_next_write(tmp_path)
                 (tmp_path / name).mkdir()
             else:
                 (tmp_path / name).write_text("user")
-        (tmp_path / f".adapter.{alive.pid}.abcd1234.tmp" / MADE_BY_LEXLORA).write_text("")
+        (tmp_path / f".adapter.lexlora-{alive.pid}.abcd1234.tmp" / MADE_BY_LEXLORA).write_text("")
         write_jsonl(tmp_path / "documents.jsonl", [{"a": 1}])
         with atomic_directory(tmp_path / "adapter", replace=True) as tmp:
             (tmp / "adapter_model.safetensors").write_text("whole")

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from lexlora.errors import LexloraError
-from lexlora.io import atomic_write, sha256_file, write_json
+from lexlora.io import atomic_write, remove_stale_temps, sha256_file, write_json
 from lexlora.recipe import Recipe
 
 PACKAGES = (
@@ -46,6 +46,9 @@ def package_versions() -> dict[str, str]:
 def new_run_dir(recipe: Recipe, run_id: str | None = None) -> Path:
     """Create ``runs/RECIPE/RUN_ID`` (a timestamp unless given), never reusing an existing one."""
     root = Path(recipe.train.output_dir) / recipe.name
+    for earlier in sorted(root.iterdir()) if root.is_dir() else []:
+        if earlier.is_dir():  # what killed runs left: .adapter.lexlora-PID.*.tmp, ...
+            remove_stale_temps(earlier)
     base = run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir, n = root / base, 1
     while run_dir.exists():
