@@ -98,6 +98,7 @@ def server(published, tiny_model, tmp_path_factory) -> Iterator[Server]:
         "max_loras": 3,
         "max_batch_size": 4,
         "max_queue": MAX_QUEUE,
+        "max_queue_per_tenant": 1,  # acme may borrow all but beta's reserved place
         "batch_wait_ms": 50,
         "threads": 1,
         "admin_key_sha256": sha(ADMIN_KEY),
@@ -133,6 +134,12 @@ def test_health_and_models_list_only_the_callers_adapters(server, published):
     assert beta == ["base", "filings", "filings:1"]
     cards = server.get("/v1/models", key=BETA_KEY).json()["data"]
     assert {c["owned_by"] for c in cards[1:]} == {"beta"} and cards[1]["parent"] == "base"
+    assert server.get("/v1/models/filings", key=BETA_KEY).json() == cards[1]
+    assert server.client(ACME_KEY).models.retrieve("contracts:1").owned_by == "acme"
+    missing = server.get("/v1/models/no-such-adapter", key=BETA_KEY)
+    assert missing.status_code == 404
+    for foreign in ("contracts", "contracts:1", "clauses@latest", "acme--contracts--v1"):
+        assert server.get(f"/v1/models/{foreign}", key=BETA_KEY).content == missing.content
 
 
 def test_each_adapter_equals_offline_peft_and_they_differ(server, published, tiny_model, tok):
@@ -395,17 +402,23 @@ def test_full_queue_is_429_and_disconnects_free_their_slots(server):
         "ignore_eos": True,
     }
     before = server.metric("lexlora_engine_generated_tokens")
-    client = httpx.Client(timeout=60, headers={"Authorization": f"Bearer {ACME_KEY}"})
-    streams = [client.stream("POST", server.url + "/v1/completions", json=body)]
-    streams += [client.stream("POST", server.url + "/v1/completions", json=body) for _ in range(3)]
-    responses = [s.__enter__() for s in streams]
+    client = httpx.Client(timeout=60)
+    streams = [  # acme borrows all but beta's reserved place, then beta takes that one
+        client.stream("POST", server.url + "/v1/completions", json=body, headers=headers)
+        for headers in [{"Authorization": f"Bearer {ACME_KEY}"}] * 3
+        + [{"Authorization": f"Bearer {BETA_KEY}"}]
+    ]
+    responses = [s.__enter__() for s in streams[:3]]
     try:
+        server.wait_for("lexlora_queue_depth", MAX_QUEUE - 1)
+        r = server.post("/v1/completions", {**body, "stream": False})
+        assert r.status_code == 429 and "share (1)" in r.json()["error"]["message"]
+        responses.append(streams[3].__enter__())
         assert all(r.status_code == 200 for r in responses)
         server.wait_for("lexlora_queue_depth", MAX_QUEUE)
-        r = server.post("/v1/completions", {**body, "stream": False})
-        assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full"
-        with pytest.raises(openai.RateLimitError):
-            server.client().completions.create(model="base", prompt="x", max_tokens=1)
+        for key in (ACME_KEY, BETA_KEY):
+            with pytest.raises(openai.RateLimitError):
+                server.client(key).completions.create(model="base", prompt="x", max_tokens=1)
     finally:
         for s in streams:
             s.__exit__(None, None, None)

@@ -5,9 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 
-from lexlora.serve.engines.base import EngineError, GenerationRequest, SamplingParams, TextDelta
+from lexlora.serve.engines.base import (
+    EngineError,
+    Finished,
+    GenerationRequest,
+    SamplingParams,
+    TextDelta,
+)
 from lexlora.serve.engines.embedded import EmbeddedEngine
 
 ADAPTER = "acme--contracts--v1"
@@ -94,3 +101,58 @@ def test_adapter_life_cycle_and_unknown_adapters(tiny_model, tiny_run, ids):
 
     base, tuned, again = run(tiny_model, scenario)
     assert base == again != tuned
+
+
+def test_a_failing_row_fails_alone_and_the_others_finish_as_if_alone(
+    tiny_model, tiny_run, tmp_path, ids
+):
+    """Rows that fail in seeding, sampling, prefill or a later decode step end with their own
+    error; every other row of the same batch gives exactly its solo text."""
+    from serve_reference import random_adapter
+
+    from lexlora.serve.engines.rows import Row
+
+    engine = EmbeddedEngine(str(tiny_model), threads=1)  # not started: this thread is its worker
+    engine._load(ADAPTER, tiny_run / "adapter")
+    engine._load("doomed", random_adapter(tiny_model, tmp_path / "rand"))
+    sampled = SamplingParams(max_tokens=12, temperature=0.8, seed=5, ignore_eos=True)
+    good = {
+        "base": GenerationRequest(ids("The Customer shall pay"), greedy(12)),
+        "tuned": GenerationRequest(ids("Notices"), greedy(12), adapter=ADAPTER),
+        "sampled": GenerationRequest(ids("Audit"), sampled),
+    }
+    bad = {
+        "seed": GenerationRequest(ids("x"), SamplingParams(max_tokens=12, seed=2**64)),
+        "temperature": GenerationRequest(
+            ids("y"), SamplingParams(max_tokens=12, temperature=1e-300)
+        ),
+        "unknown adapter": GenerationRequest(ids("z"), greedy(12), adapter="never-loaded"),
+        "unloaded mid-way": GenerationRequest(ids("w"), greedy(12), adapter="doomed"),
+    }
+
+    def run_batch(requests: dict[str, GenerationRequest], after_steps=None) -> dict[str, list]:
+        events: dict[str, list] = {name: [] for name in requests}
+        batch = engine.new_batch()
+        batch.add([Row(r, events[name].append) for name, r in requests.items()])
+        steps = 0
+        while batch.rows:
+            batch.step()
+            steps += 1
+            if steps == 3 and after_steps:
+                after_steps()
+        return events
+
+    def text(events: list) -> str:
+        assert isinstance(events[-1], Finished) and events[-1].completion_tokens == 12
+        return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+    with torch.no_grad():
+        alone = {name: text(run_batch({name: r})[name]) for name, r in good.items()}
+        together = run_batch({**good, **bad}, after_steps=lambda: engine._unload("doomed"))
+    for name in good:
+        assert text(together[name]) == alone[name], name
+    for name in bad:
+        assert isinstance(together[name][-1], Exception), (name, together[name])
+        assert sum(isinstance(e, Exception) for e in together[name]) == 1
+    assert not any(isinstance(e, TextDelta) for e in together["seed"] + together["temperature"])
+    assert any(isinstance(e, TextDelta) for e in together["unloaded mid-way"])  # ran, then failed

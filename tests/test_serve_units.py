@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 import time
@@ -20,7 +21,7 @@ from lexlora.serve.catalog import Target
 from lexlora.serve.config import load_config, validate_config
 from lexlora.serve.engines.rows import StopText
 from lexlora.serve.errors import ApiError
-from lexlora.serve.generation import token_budget
+from lexlora.serve.generation import Limit, token_budget
 from lexlora.serve.protocol import CompletionRequest, field_path, parse_request
 from lexlora.serve.residency import internal_name
 from lexlora.serve.tenants import KeyDirectory, hash_key
@@ -122,15 +123,52 @@ def test_batcher_collects_requests_that_arrive_together():
 
 def test_admission_bounds_the_queue():
     admission = Admission(2)
-    a, b = admission.admit(), admission.admit()
+    a, b = admission.admit("acme"), admission.admit("acme")
     with pytest.raises(ApiError) as err:
-        admission.admit()
+        admission.admit("acme")
     assert err.value.status == 429
     a.release()
     a.release()  # idempotent
     assert admission.depth == 1
     b.release()
     assert admission.depth == 0
+
+
+def test_a_tenant_over_its_share_gets_429_and_never_takes_anothers_places():
+    admission = Admission(10, share=3, tenants=["acme", "beta", "gamma"])
+    acme = []
+    with pytest.raises(ApiError) as err:
+        while True:
+            acme.append(admission.admit("acme"))
+    assert len(acme) == 4  # its 3, plus the one place nobody has reserved
+    assert err.value.status == 429 and "share (3)" in err.value.message
+    beta = [admission.admit("beta") for _ in range(3)]  # beta's reserve was kept free
+    gamma = [admission.admit("gamma") for _ in range(3)]
+    with pytest.raises(ApiError):
+        admission.admit("beta")
+    assert admission.depth == 10
+    for ticket in acme + beta + gamma:
+        ticket.release()
+    assert admission.depth == 0 and not +admission.by_tenant
+    solo = Admission(10, share=3, tenants=["acme", "beta"])
+    assert len([solo.admit("acme") for _ in range(7)]) == 7  # borrows what beta does not need
+
+
+def test_batcher_takes_fairly_across_owners():
+    batcher: Batcher[tuple[str, int]] = Batcher(window_s=0, owner=lambda item: item[0])
+    for i in range(70):
+        batcher.put(("acme", i))
+    batcher.put(("beta", 0))
+    batcher.put(("beta", 1))
+    first = batcher.take(4, block=False)
+    assert [o for o, _ in first] == ["acme", "beta", "acme", "beta"]
+    assert [i for o, i in first if o == "acme"] == [0, 1]  # each owner's own order is kept
+    # one free place while acme holds 3 running rows and beta 1: the owner with fewer rows
+    batcher.put(("beta", 2))
+    assert batcher.take(1, block=False, running={"acme": 3, "beta": 1}) == [("beta", 2)]
+    assert batcher.take(1, block=False, running={"acme": 3, "beta": 4}) == [("acme", 2)]
+    batcher.put_back([("acme", 2)])
+    assert batcher.take(1, block=False) == [("acme", 2)] and len(batcher) == 67
 
 
 def version(tenant: str, name: str, number: int, sha: str = "s") -> AdapterVersion:
@@ -160,10 +198,44 @@ def test_request_validation_names_the_field():
     assert ok.prompt_text() == "x" and ok.max_tokens == 16 and ok.stop_list() == []
 
 
-def test_token_budget():
-    assert token_budget(10, None, 100, "prompt") == 90
-    assert token_budget(10, 5, 100, "prompt") == 5
-    for prompt, asked in ((100, None), (0, None), (10, 91)):
+def test_token_budget_has_a_server_default_and_cap():
+    budget = lambda prompt, asked, param="max_tokens": token_budget(  # noqa: E731
+        prompt, Limit(asked, param), 100, "prompt", default=20, cap=50
+    )
+    assert budget(10, None) == 20  # omitted: the server default
+    assert budget(90, None) == 10  # within the context
+    assert budget(10, 5) == 5 and budget(10, 50) == 50
+    for prompt, asked, param in ((100, None, "prompt"), (0, None, "prompt"), (10, 91, "prompt")):
         with pytest.raises(ApiError) as err:
-            token_budget(prompt, asked, 100, "prompt")
-        assert err.value.status == 400
+            budget(prompt, asked)
+        assert (err.value.status, err.value.param) == (400, param)
+    with pytest.raises(ApiError) as err:
+        budget(10, 51, "max_completion_tokens")
+    assert err.value.param == "max_completion_tokens" and "at most 50" in err.value.message
+
+
+def test_integer_fields_accept_integral_floats_and_errors_echo_little():
+    body = b'{"model": "m", "prompt": "x", "max_tokens": 7.0, "seed": 3.0, "n": 1.0}'
+    ok = parse_request(CompletionRequest, body)
+    assert (ok.max_tokens, ok.seed, ok.n) == (7, 3, 1) and isinstance(ok.max_tokens, int)
+    for bad in (b'"max_tokens": 7.5', b'"max_tokens": true', b'"seed": "3"', b'"seed": 1e30'):
+        with pytest.raises(ApiError) as err:
+            parse_request(CompletionRequest, b'{"model": "m", "prompt": "x", ' + bad + b"}")
+        assert err.value.status == 400 and err.value.param in ("max_tokens", "seed")
+    stops = json.dumps(["stop"] * 200_000).encode()
+    with pytest.raises(ApiError) as err:
+        parse_request(CompletionRequest, b'{"model": "m", "prompt": "x", "stop": ' + stops + b"}")
+    assert err.value.param == "stop" and len(err.value.json_bytes()) < 400
+    assert "1600000 characters" in err.value.message
+
+
+def test_config_limits_are_consistent():
+    assert config().queue_share == 64 and config(max_queue=10).queue_share == 10
+    two = {"acme": {"api_key_sha256": [H]}, "beta": {"api_key_sha256": [H]}}
+    assert config(tenants=two, max_queue=9).queue_share == 4
+    with pytest.raises(LexloraError, match=r"cannot reserve 5 places for each of 2 tenants"):
+        config(tenants=two, max_queue=9, max_queue_per_tenant=5)
+    with pytest.raises(LexloraError, match=r"default_max_tokens \(300\) is above max_tokens"):
+        config(max_tokens=200, default_max_tokens=300)
+    with pytest.raises(LexloraError, match=r"key 'max_body_bytes'"):
+        config(max_body_bytes=10)

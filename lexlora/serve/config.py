@@ -10,6 +10,13 @@ Keys are never stored in clear: a tenant lists the sha256 hex digests of its API
     max_loras: 8                          # resident adapters (LRU beyond that)
     max_batch_size: 8                     # rows decoded together in one forward pass
     max_queue: 64                         # admitted requests (running + waiting); more → 429
+    max_queue_per_tenant: 32              # places reserved per tenant (default: max_queue //
+                                          #   tenants); beyond it a tenant borrows free places
+                                          #   only while every other tenant's reserve stays free
+    max_tokens: 2048                      # most completion tokens a request may ask for (→ 400)
+    default_max_tokens: 256               # completion tokens when a request names none
+    max_body_bytes: 2097152               # larger request bodies → 413 (2 MiB: a 128k-token
+                                          #   prompt is ~0.5 MB of text, ~1.5 MB JSON-escaped)
     batch_wait_ms: 5                      # how long a batch waits for companions
     max_context: 2048                     # optional cap (default: the model's)
     threads: 2                            # optional torch threads (1 is best on busy 2-core hosts)
@@ -40,10 +47,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lexlora.errors import LexloraError
 from lexlora.registry import parse_ref, validate_name
+from lexlora.serve.errors import shown
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed --max-lora-rank values
@@ -91,6 +106,10 @@ class ServeConfig(BaseModel):
     max_loras: int = Field(8, ge=1)
     max_batch_size: int = Field(8, ge=1, le=256)
     max_queue: int = Field(64, ge=1)
+    max_queue_per_tenant: int | None = Field(None, ge=1)
+    max_tokens: int = Field(2048, ge=1)
+    default_max_tokens: int = Field(256, ge=1)
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     batch_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_context: int | None = Field(None, ge=2)
     threads: int | None = Field(None, ge=1)
@@ -140,6 +159,26 @@ class ServeConfig(BaseModel):
             check_tenant_name(name)
         return tenants
 
+    @model_validator(mode="after")
+    def _limits(self) -> ServeConfig:
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) is above max_tokens "
+                f"({self.max_tokens})"
+            )
+        tenants = max(1, len(self.tenants))
+        if self.queue_share * tenants > self.max_queue:
+            raise ValueError(
+                f"max_queue ({self.max_queue}) cannot reserve {self.queue_share} places for each "
+                f"of {tenants} tenants: raise max_queue or lower max_queue_per_tenant"
+            )
+        return self
+
+    @property
+    def queue_share(self) -> int:
+        """Queue places reserved for each tenant."""
+        return self.max_queue_per_tenant or max(1, self.max_queue // max(1, len(self.tenants)))
+
 
 def check_tenant_name(name: str) -> str:
     """A registry tenant name that also keeps internal adapter names (``T--NAME--vN``)
@@ -185,9 +224,11 @@ def _describe(exc: ValidationError) -> str:
             messages.append(f"unknown key '{dotted}'{hint}")
         elif err["type"] == "missing":
             messages.append(f"missing required key '{dotted}'")
+        elif not dotted:  # a check across keys names them itself
+            messages.append(err["msg"].removeprefix("Value error, "))
         else:
             msg = err["msg"].removeprefix("Value error, ")
             got = err.get("input")
-            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-            messages.append(f"key '{dotted}': {msg}{shown}")
+            echo = "" if isinstance(got, dict | list) else f" (got {shown(got)})"
+            messages.append(f"key '{dotted}': {msg}{echo}")
     return "; ".join(messages)

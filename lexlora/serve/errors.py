@@ -4,6 +4,29 @@ from __future__ import annotations
 
 import json
 
+from pydantic import BaseModel
+
+SHOWN_CHARS = 80  # how much of a rejected value an error message echoes
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error response: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorDetail
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a 1.7 MB ``stop`` list is not echoed)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
+
 
 class ApiError(Exception):
     """An error answered to the client with ``status`` and OpenAI's error body."""
@@ -25,14 +48,8 @@ class ApiError(Exception):
         self.code = code
 
     def body(self) -> dict:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        detail = ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+        return ErrorBody(error=detail).model_dump()
 
     def json_bytes(self) -> bytes:
         return json.dumps(self.body(), ensure_ascii=False, separators=(",", ":")).encode()
@@ -66,12 +83,19 @@ def forbidden(message: str) -> ApiError:
     return ApiError(403, message, type="permission_error", code="forbidden")
 
 
-def queue_full() -> ApiError:
+def queue_full(share: int | None = None) -> ApiError:
+    """429: the queue is full, or (``share``) the caller holds all the places it may."""
+    message = "The server is at capacity (request queue full); retry shortly."
+    if share is not None:
+        message = f"This tenant has its share ({share}) of the queue in flight; retry shortly."
+    return ApiError(429, message, type="rate_limit_error", code="queue_full")
+
+
+def body_too_large(limit: int) -> ApiError:
     return ApiError(
-        429,
-        "The server is at capacity (request queue full); retry shortly.",
-        type="rate_limit_error",
-        code="queue_full",
+        413,
+        f"The request body is larger than this server accepts ({limit} bytes).",
+        code="request_too_large",
     )
 
 

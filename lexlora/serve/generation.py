@@ -1,5 +1,6 @@
-"""From a validated OpenAI request to a response: plan (model → target, prompt → ids, limits),
-admit (bounded queue), pin the adapter, run on the engine, answer as JSON or as an event stream.
+"""From a validated OpenAI request to a response: resolve the model (→ target), admit (the
+tenant's share of the bounded queue), tokenise the prompt off the event loop, check the limits,
+pin the adapter, run on the engine, answer as JSON or as an event stream.
 
 Every path that ends a request releases its queue place and its adapter pin exactly once: when
 the response is complete, when the engine fails, or when the client disconnects (which also
@@ -13,12 +14,14 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from lexlora.errors import LexloraError
+from lexlora.serve.admission import Ticket
 from lexlora.serve.catalog import Target
 from lexlora.serve.engines.base import (
     EngineError,
@@ -48,17 +51,53 @@ class Job:
     include_usage: bool
 
 
-def plan_completion(gw: Gateway, tenant: str, req: CompletionRequest) -> Job:
-    target = _target(gw, tenant, req)
-    ids = gw.prompts.completion(req.prompt_text())
-    return _job(gw, tenant, req, target, ids, req.max_tokens, "prompt", chat=False)
+@dataclass(frozen=True)
+class Limit:
+    """A request's completion-token limit: the value asked for (None: the server default) and
+    the field that asked, for error messages."""
+
+    requested: int | None
+    param: str = "max_tokens"
 
 
-def plan_chat(gw: Gateway, tenant: str, req: ChatCompletionRequest) -> Job:
-    target = _target(gw, tenant, req)
+async def answer_completion(
+    gw: Gateway, tenant: str, req: CompletionRequest, http: Request
+) -> Response:
+    encode = partial(gw.prompts.completion, req.prompt_text())
+    return await _answer(gw, tenant, req, encode, Limit(req.max_tokens), "prompt", http)
+
+
+async def answer_chat(
+    gw: Gateway, tenant: str, req: ChatCompletionRequest, http: Request
+) -> Response:
     messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-    ids = gw.prompts.chat(messages)
-    return _job(gw, tenant, req, target, ids, req.token_limit(), "messages", chat=True)
+    limit = (
+        Limit(req.max_completion_tokens, "max_completion_tokens")
+        if req.max_completion_tokens is not None
+        else Limit(req.max_tokens)
+    )
+    encode = partial(gw.prompts.chat, messages)
+    return await _answer(gw, tenant, req, encode, limit, "messages", http)
+
+
+async def _answer(
+    gw: Gateway,
+    tenant: str,
+    req: CompletionRequest | ChatCompletionRequest,
+    encode: Callable[[], list[int]],
+    limit: Limit,
+    prompt_param: str,
+    http: Request,
+) -> Response:
+    target = _target(gw, tenant, req)
+    ticket = gw.admission.admit(tenant)  # before tokenising: a big prompt uses the tenant's share
+    try:
+        ids = await asyncio.to_thread(encode)  # a big prompt never blocks the event loop
+        job = _job(gw, tenant, req, target, ids, limit, prompt_param)
+    except BaseException:
+        ticket.release()
+        raise
+    return await respond(gw, job, http, ticket)
 
 
 def _target(gw: Gateway, tenant: str, req: CompletionRequest | ChatCompletionRequest) -> Target:
@@ -78,12 +117,13 @@ def _job(
     req: CompletionRequest | ChatCompletionRequest,
     target: Target,
     ids: list[int],
-    limit: int | None,
+    limit: Limit,
     prompt_param: str,
-    *,
-    chat: bool,
 ) -> Job:
-    max_tokens = token_budget(len(ids), limit, gw.engine.max_context, prompt_param)
+    cfg = gw.config
+    max_tokens = token_budget(
+        len(ids), limit, gw.engine.max_context, prompt_param, cfg.default_max_tokens, cfg.max_tokens
+    )
     sampling = SamplingParams(
         max_tokens=max_tokens,
         temperature=req.temperature,
@@ -96,15 +136,19 @@ def _job(
     return Job(
         tenant=tenant,
         target=target,
-        request=GenerationRequest(prompt_ids=ids, sampling=sampling),
-        format=ResponseFormat(model=req.model, chat=chat),
+        request=GenerationRequest(prompt_ids=ids, sampling=sampling, owner=tenant),
+        format=ResponseFormat(model=req.model, chat=isinstance(req, ChatCompletionRequest)),
         stream=req.stream,
         include_usage=bool(options and options.include_usage),
     )
 
 
-def token_budget(prompt_len: int, requested: int | None, max_context: int, param: str) -> int:
-    """Completion tokens allowed: ``requested`` (None: up to the context), or a 400."""
+def token_budget(
+    prompt_len: int, limit: Limit, max_context: int, param: str, default: int, cap: int
+) -> int:
+    """Completion tokens allowed: ``limit.requested`` (None: ``default``, within the context),
+    or a 400 (the context is exceeded, or more than the server's ``cap`` is asked for)."""
+    requested = limit.requested
     if prompt_len == 0:
         raise bad_request("the prompt is empty", param=param)
     if prompt_len >= max_context or (requested and prompt_len + requested > max_context):
@@ -115,12 +159,17 @@ def token_budget(prompt_len: int, requested: int | None, max_context: int, param
             param=param,
             code="context_length_exceeded",
         )
-    return requested or max_context - prompt_len
+    if requested is None:
+        return min(default, max_context - prompt_len)
+    if requested > cap:
+        message = f"'{limit.param}' is {requested}; this server allows at most {cap}"
+        raise bad_request(message, param=limit.param)
+    return requested
 
 
-async def respond(gw: Gateway, job: Job, http: Request) -> Response:
-    """Admit, pin, run and answer ``job`` (429 when the queue or the adapter slots are full)."""
-    ticket = gw.admission.admit()
+async def respond(gw: Gateway, job: Job, http: Request, ticket: Ticket) -> Response:
+    """Pin, run and answer ``job`` holding ``ticket`` (released at the end; 429 when the adapter
+    slots are full)."""
     try:
         name = None if job.target.is_base else await gw.residency.acquire(job.target)
     except LexloraError as exc:  # the weights on disk failed their checksum

@@ -2,6 +2,11 @@
 and the models list. Requests are validated strictly (``"5"`` is not an integer); unknown fields
 are ignored, as OpenAI clients send new ones over time.
 
+Sampling limits, checked here so that no request reaches the engine with values it cannot run:
+``seed`` within a signed 64-bit integer (what torch and vLLM accept); a ``temperature`` below
+1e-5 is greedy, as in vLLM (1/T would overflow); integer fields accept integral floats (``7.0``)
+as OpenAI does, never ``7.5`` or ``"7"``. Error messages echo at most 80 characters of a value.
+
 lexlora extensions (ignored by clients that do not send them): ``lora_scale`` (0–2, 0 = base),
 ``adapters`` (weighted composition of the caller's own adapters) and vLLM's ``ignore_eos``.
 """
@@ -11,13 +16,30 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from lexlora.serve.errors import ApiError, bad_request
+from lexlora.serve.errors import ApiError, bad_request, shown
 
 MAX_STOP_SEQUENCES = 16
+GREEDY_BELOW = 1e-5  # a temperature under this is greedy (0), as in vLLM: 1/T would overflow
+SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit seed: what torch and vLLM both accept
+
+
+def _integral(value: Any) -> Any:
+    """``7.0`` → ``7`` (OpenAI accepts integral floats for integer fields); ``7.5`` stays and
+    fails the strict integer check."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _greedy_if_tiny(value: float) -> float:
+    return 0.0 if value < GREEDY_BELOW else value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
 
 
 class _Strict(BaseModel):
@@ -37,13 +59,13 @@ class _GenerationRequest(_Strict):
     """Fields shared by completions and chat completions."""
 
     model: str
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    temperature: Annotated[float, Field(ge=0.0, le=2.0), AfterValidator(_greedy_if_tiny)] = 1.0
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
-    seed: int | None = None
+    seed: Integer | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=128)
+    n: Integer = Field(1, ge=1, le=128)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
@@ -70,10 +92,10 @@ class _GenerationRequest(_Strict):
 
 class CompletionRequest(_GenerationRequest):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: Integer | None = Field(16, ge=1)
     echo: bool = False
-    logprobs: int | None = Field(None, ge=0, le=20)
-    best_of: int | None = Field(None, ge=1)
+    logprobs: Integer | None = Field(None, ge=0, le=20)
+    best_of: Integer | None = Field(None, ge=1)
     suffix: str | None = None
 
     def prompt_text(self) -> str:
@@ -108,15 +130,12 @@ class ChatMessage(_Strict):
 
 class ChatCompletionRequest(_GenerationRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: Integer | None = Field(None, ge=1)
+    max_completion_tokens: Integer | None = Field(None, ge=1)
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: Integer | None = None
     tools: list[dict] | None = None
     response_format: dict | None = None
-
-    def token_limit(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -158,7 +177,8 @@ def parse_request(model: type[RequestT], body: bytes) -> RequestT:
             ) from None
         if err["type"] == "missing":
             raise bad_request(f"'{loc}' is required", param=loc) from None
-        raise bad_request(f"'{loc}': {err['msg']} (got {err.get('input')!r})", param=loc) from None
+        got = shown(err.get("input"))
+        raise bad_request(f"'{loc}': {err['msg']} (got {got})", param=loc) from None
     request.check_supported()
     return request
 

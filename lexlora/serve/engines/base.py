@@ -45,11 +45,14 @@ class AdapterPart:
 
 @dataclass
 class GenerationRequest:
-    """One row to generate: prompt token ids, an internal adapter name (None = base)."""
+    """One row to generate: prompt token ids, an internal adapter name (None = base), and who
+    it is for: rows of different ``owner``s (the gateway passes the tenant) share the engine's
+    batch fairly."""
 
     prompt_ids: list[int]
     sampling: SamplingParams
     adapter: str | None = BASE_ADAPTER
+    owner: str | None = None
 
 
 @dataclass(frozen=True)

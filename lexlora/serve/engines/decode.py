@@ -4,22 +4,38 @@ Rows are left-padded in one KV cache (``DynamicCache``). New rows join between s
 prefilled together in one pass and their cache is padded on the left to the batch's length and
 appended; finished or cancelled rows leave, and columns that became padding for every row are
 trimmed. Each row carries its own positions, adapter name, sampling settings and limits.
+
+One row's failure is that row's alone: seeding, sampling, stop checks and decoding run per row, and
+a forward pass that raises for the whole batch is rerun row by row (the cache cropped back first),
+so only the rows that fail on their own get the error.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from transformers import DynamicCache
 
 from lexlora.serve.engines.base import TextDelta
-from lexlora.serve.engines.rows import Row, choose_tokens
+from lexlora.serve.engines.rows import Row, choose_token
+
+log = logging.getLogger("lexlora.serve")
 
 # forward(input_ids, attention_mask, position_ids, cache, adapter_names) -> last-position logits
 Forward = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, DynamicCache, list[str]], torch.Tensor
 ]
+
+
+def _select(cache: DynamicCache, row: int) -> DynamicCache:
+    """A new one-row cache with row ``row`` of ``cache``."""
+    one = DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        one.update(layer.keys[row : row + 1], layer.values[row : row + 1], i)
+    return one
 
 
 def _pad_left(t: torch.Tensor, extra: int, dim: int) -> torch.Tensor:
@@ -57,12 +73,17 @@ class DecodeBatch:
         return len(self.rows)
 
     def add(self, rows: list[Row]) -> None:
-        """Prefill ``rows`` in one pass, choose their first tokens and join them to the batch."""
-        rows = [r for r in rows if not r.cancelled.is_set()]
+        """Prefill ``rows`` in one pass, choose their first tokens and join them to the batch (a
+        failed pass is rerun row by row)."""
+        started = []
+        for row in rows:
+            if not row.cancelled.is_set() and _guarded(row, partial(row.start, self._decode)):
+                started.append(row)
+        self._prefill(started)
+
+    def _prefill(self, rows: list[Row]) -> None:
         if not rows:
             return
-        for row in rows:
-            row.start(self._decode)
         width = max(r.prompt_len for r in rows)
         ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -71,7 +92,16 @@ class DecodeBatch:
             mask[i, width - row.prompt_len :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        logits = self._forward(ids, mask, positions, cache, [r.peft_adapter for r in rows])
+        try:
+            logits = self._forward(ids, mask, positions, cache, [r.peft_adapter for r in rows])
+        except Exception as exc:
+            if len(rows) == 1:
+                log.warning("prefill failed for one row: %r", exc)
+                rows[0].fail(exc)
+            else:
+                for row in rows:
+                    self._prefill([row])
+            return
         self._join(rows, cache, mask)
         self._advance(rows, logits)
 
@@ -83,31 +113,65 @@ class DecodeBatch:
         ids = torch.tensor([[r.generated[-1]] for r in self.rows])
         positions = torch.tensor([[r.prompt_len + len(r.generated) - 1] for r in self.rows])
         assert self._mask is not None and self._cache is not None
-        self._mask = torch.cat([self._mask, self._mask.new_ones((len(self.rows), 1))], dim=1)
+        columns = self._mask.shape[1]
+        mask = torch.cat([self._mask, self._mask.new_ones((len(self.rows), 1))], dim=1)
         adapters = [r.peft_adapter for r in self.rows]
         self.peak_rows = max(self.peak_rows, len(self.rows))
-        logits = self._forward(ids, self._mask, positions, self._cache, adapters)
+        try:
+            logits = self._forward(ids, mask, positions, self._cache, adapters)
+        except Exception as exc:
+            log.warning("a step failed for %d rows (%r): rerunning row by row", len(ids), exc)
+            for layer in self._cache.layers:  # undo the layers the failed pass extended
+                layer.keys, layer.values = layer.keys[:, :, :columns], layer.values[:, :, :columns]
+            logits = self._step_alone(ids, mask, positions)
+        else:
+            self._mask = mask
         self._advance(self.rows, logits)
 
     def fail(self, error: BaseException) -> None:
         """Tell every row the batch failed, and empty it."""
         for row in self.rows:
-            if not row.done:
-                row.done = True
-                row.emit(error)
+            row.fail(error)
         self.rows, self._cache, self._mask = [], None, None
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _step_alone(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """One step for each row on its own; a row whose pass still fails leaves with the error.
+        The batch is rebuilt from the rows that passed; returns their logits."""
+        assert self._cache is not None
+        rows, cache = self.rows, self._cache
+        self.rows, self._cache, self._mask = [], None, None
+        passed = []
+        for i, row in enumerate(rows):
+            one, one_row = _select(cache, i), slice(i, i + 1)
+            try:
+                logits = self._forward(
+                    ids[one_row], mask[one_row], positions[one_row], one, [row.peft_adapter]
+                )
+            except Exception as exc:
+                log.warning("a decode step failed for one row: %r", exc)
+                row.fail(exc)
+                continue
+            self._join([row], one, mask[one_row])
+            passed.append(logits)
+        return torch.cat(passed) if passed else torch.empty(0)
+
     def _advance(self, rows: list[Row], logits: torch.Tensor) -> None:
-        for row, token in zip(rows, choose_tokens(logits, rows), strict=True):
+        for i, row in enumerate(rows):
             if row.cancelled.is_set():
                 row.done = True
                 continue
-            row.generated.append(token)
-            self.generated_tokens += 1
-            self._check_end(row, token)
+            _guarded(row, partial(self._next_token, row, logits[i]))
         self._prune()
+
+    def _next_token(self, row: Row, logits: torch.Tensor) -> None:
+        token = choose_token(logits, row)
+        row.generated.append(token)
+        self.generated_tokens += 1
+        self._check_end(row, token)
 
     def _check_end(self, row: Row, token: int) -> None:
         sampling = row.request.sampling
@@ -141,6 +205,7 @@ class DecodeBatch:
         self._prune()
 
     def _join(self, rows: list[Row], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Append ``rows`` with their ``cache`` and ``mask``, padding the narrower side left."""
         if self._cache is None or self._mask is None or not self.rows:
             self.rows, self._cache, self._mask = list(rows), cache, mask
             return
@@ -173,3 +238,15 @@ class DecodeBatch:
         for layer in self._cache.layers:
             layer.keys = layer.keys[index, :, start:]
             layer.values = layer.values[index, :, start:]
+
+
+def _guarded(row: Row, work: Callable[[], None]) -> bool:
+    """Run ``work`` (per-row work for ``row``); if it raises, fail that row alone. True when it
+    ran through."""
+    try:
+        work()
+    except Exception as exc:
+        log.warning("a row failed: %r", exc)
+        row.fail(exc)
+        return False
+    return True

@@ -9,6 +9,9 @@ Exact weighted adapters (``load_weighted_adapter``): one part is a copy whose Lo
 multiplied by the weight (what ``peft.helpers.rescale_adapter_scale`` does, but for that copy
 only); several parts are combined by PEFT ``add_weighted_adapter(..., combination_type="cat")``.
 
+Rows are taken fairly across their owners (tenants): a free place in the batch goes to the owner
+with the fewest running rows (:class:`Batcher`), so one tenant's queued rows never starve another's.
+
 ``max_adapters_per_batch`` (default: no limit) caps how many different adapters (the base counts as
 one) share a running batch; rows for others wait. 1 is the naive one-adapter-at-a-time server
 that ``scripts/bench_serve.py`` compares mixed batching with.
@@ -23,6 +26,7 @@ import logging
 import queue
 import threading
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,10 @@ from lexlora.serve.engines.decode import DecodeBatch
 from lexlora.serve.engines.rows import Event, Row
 
 log = logging.getLogger("lexlora.serve")
+
+
+def _owner(row: Row) -> str | None:
+    return row.request.owner
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -89,7 +97,7 @@ class EmbeddedEngine(Engine):
         self._eos_ids = eos_token_ids(self._model, self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else min(self._eos_ids, default=0)
-        self._batcher: Batcher[Row] = Batcher(batch_wait_ms / 1000)
+        self._batcher: Batcher[Row] = Batcher(batch_wait_ms / 1000, owner=_owner)
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future]] = (
             queue.SimpleQueue()
         )
@@ -269,8 +277,7 @@ class EmbeddedEngine(Engine):
         for row in rows:
             adapter = row.request.adapter
             if adapter is not None and adapter not in self._adapters:
-                row.done = True
-                row.emit(EngineError(f"adapter {adapter!r} is not loaded"))
+                row.fail(EngineError(f"adapter {adapter!r} is not loaded"))
             else:
                 accepted.append(row)
         return accepted
@@ -292,33 +299,37 @@ class EmbeddedEngine(Engine):
             self._batcher.put_back(back)
         return keep
 
-    def _serve(self) -> None:
-        batch = DecodeBatch(
+    def new_batch(self) -> DecodeBatch:
+        """An empty running batch on this engine's model (used by its worker thread only)."""
+        return DecodeBatch(
             self._forward,
             self._decode,
             pad_id=self._pad_id,
             eos_ids=self._eos_ids,
             max_context=self._max_context,
         )
+
+    def _serve(self) -> None:
+        batch = self.new_batch()
         with torch.no_grad():
             while not self._stopping.is_set():
                 self._run_jobs()
                 room = self._max_batch_size - len(batch)
                 if room > 0:
-                    new = self._accept(self._batcher.take(room, block=not batch.rows))
+                    running = Counter(_owner(row) for row in batch.rows)
+                    taken = self._batcher.take(room, block=not batch.rows, running=running)
+                    new = self._accept(taken)
                     if self._max_adapters:
                         new = self._limit_adapters(batch.rows, new)
                     try:
-                        batch.add(new)
-                    except Exception as exc:
+                        batch.add(new)  # a row that fails alone leaves alone (DecodeBatch)
+                    except Exception as exc:  # a bug outside per-row work: these rows only
                         log.exception("prefill failed")
                         for row in new:
-                            if not row.done:
-                                row.done = True
-                                row.emit(exc)
+                            row.fail(exc)
                 try:
                     batch.step()
-                except Exception as exc:
+                except Exception as exc:  # a bug outside per-row work
                     log.exception("decode step failed")
                     batch.fail(exc)
                 self._running = len(batch)

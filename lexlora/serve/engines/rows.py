@@ -87,20 +87,23 @@ class Row:
         self.done = True
         self.emit(Finished(reason, self.prompt_len, len(self.generated)))
 
+    def fail(self, error: BaseException) -> None:
+        """End this row with ``error`` (once; a row that already ended is left alone)."""
+        if not self.done:
+            self.done = True
+            self.emit(error)
 
-def choose_tokens(logits: torch.Tensor, rows: list[Row]) -> list[int]:
-    """The next token of every row: argmax at temperature 0, else seeded top-p sampling."""
-    greedy = logits.argmax(dim=-1).tolist()
-    chosen = []
-    for i, row in enumerate(rows):
-        sampling = row.request.sampling
-        if sampling.temperature == 0:
-            chosen.append(greedy[i])
-            continue
-        probs = torch.softmax(logits[i].float() / sampling.temperature, dim=-1)
-        if sampling.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            keep = sorted_probs.cumsum(0) - sorted_probs < sampling.top_p
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-        chosen.append(int(torch.multinomial(probs, 1, generator=row.generator)))
-    return chosen
+
+def choose_token(logits: torch.Tensor, row: Row) -> int:
+    """The row's next token from its last-position ``logits``: argmax at temperature 0, else
+    seeded top-p sampling."""
+    sampling = row.request.sampling
+    if sampling.temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(0) - sorted_probs < sampling.top_p
+        keep[0] = True  # the likeliest token always stays (a top_p below float32's tiny)
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=row.generator))
