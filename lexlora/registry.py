@@ -4,10 +4,16 @@ A version folder holds the PEFT files (``adapter_model.safetensors``, ``adapter_
 ``lexlora.json`` (metadata). vLLM's filesystem LoRA resolver and lexlora's server read that layout;
 the index (``ROOT/index.sqlite``, WAL) records tenants, adapters, versions and aliases.
 
+A version number never names two sets of weights: every number ever allocated is kept in
+``version_numbers`` (removing a version does not free its number), so publish v1, v2, remove v2,
+publish gives v3.
+
 Crash safety: a version is copied into ``ROOT/.staging/<uuid>/``, checked, renamed into place and
-only then indexed, all under SQLite's write lock (``BEGIN IMMEDIATE``). A folder without a row is
-invisible (it counts when numbering versions, so a number never names two sets of weights);
-staging leftovers are deleted when a store opens and nobody is staging.
+only then indexed, all under SQLite's write lock (``BEGIN IMMEDIATE``). A version folder without a
+row (a publish killed between rename and commit, a remove killed before deleting) is invisible; the
+next write transaction (opening the store is one) deletes it if the registry made it (its
+``lexlora.json`` names that version) and keeps its number used. Staging leftovers are deleted when
+a store opens and nobody is staging.
 """
 
 from __future__ import annotations
@@ -62,7 +68,16 @@ CREATE TABLE IF NOT EXISTS aliases (
     adapter_id INTEGER NOT NULL REFERENCES adapters(id) ON DELETE CASCADE,
     alias TEXT NOT NULL,
     version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
-    PRIMARY KEY (adapter_id, alias))
+    PRIMARY KEY (adapter_id, alias));
+CREATE TABLE IF NOT EXISTS version_numbers (  -- every number ever allocated (never deleted)
+    tenant TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
+    PRIMARY KEY (tenant, name, version))
+"""
+SCHEMA_VERSION = 1  # PRAGMA user_version; 1: version_numbers (filled from versions on migration)
+MIGRATE_VERSION_NUMBERS = """
+INSERT OR IGNORE INTO version_numbers (tenant, name, version)
+SELECT t.name, a.name, v.version
+FROM versions v JOIN adapters a ON a.id = v.adapter_id JOIN tenants t ON t.id = a.tenant_id
 """
 SELECT_VERSIONS = """
 SELECT t.name, a.name, v.version, v.sha256, v.base_model, v.base_config_hash, v.rank,
@@ -202,6 +217,10 @@ class AdapterStore:
         with self._write() as conn:
             for statement in SCHEMA.split(";"):
                 conn.execute(statement)
+            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                conn.execute(MIGRATE_VERSION_NUMBERS)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._clean_orphans(self._adapter_folders())
         self._clean_staging()
 
     # -- index plumbing -------------------------------------------------------------------------
@@ -280,10 +299,12 @@ class AdapterStore:
 
     def _discard(self, path: Path) -> None:
         """Atomically take ``path`` out of the store, then delete it (staging lock held)."""
-        if path.exists():
-            trash = self.staging_root / f"{uuid.uuid4().hex}.trash"
+        trash = self.staging_root / f"{uuid.uuid4().hex}.trash"
+        try:
             os.rename(path, trash)
-            shutil.rmtree(trash)
+        except FileNotFoundError:  # absent, or another process discarded it first
+            return
+        shutil.rmtree(trash)
 
     # -- paths ----------------------------------------------------------------------------------
 
@@ -300,7 +321,39 @@ class AdapterStore:
         folder = self._adapter_dir(tenant, name)
         if not folder.is_dir():
             return []
-        return [int(p.name) for p in folder.iterdir() if re.fullmatch(r"[1-9][0-9]*", p.name)]
+        numbers = (int(p.name) for p in folder.iterdir() if re.fullmatch(r"[1-9][0-9]*", p.name))
+        return [n for n in numbers if n <= MAX_VERSION]
+
+    def _adapter_folders(self) -> list[tuple[str, str]]:
+        """(tenant, name) of every folder ``ROOT/TENANT/NAME`` with valid names."""
+        return [
+            (t.name, a.name)
+            for t in sorted(self.root.iterdir())
+            if t.is_dir() and not t.is_symlink() and NAME_PATTERN.fullmatch(t.name)
+            for a in sorted(t.iterdir())
+            if a.is_dir() and not a.is_symlink() and NAME_PATTERN.fullmatch(a.name)
+        ]
+
+    def _clean_orphans(self, adapters: list[tuple[str, str]]) -> None:
+        """Delete the version folders of ``adapters`` that have no row and that the registry
+        made (their ``lexlora.json`` names that version): what a publish killed between rename
+        and commit, or a remove killed before deleting, left. They are found under the write
+        lock, where no live publisher has a folder renamed in but uncommitted, and their numbers
+        are recorded as used (committed) before anything is deleted."""
+        with self._write() as conn:
+            orphans = [
+                (tenant, name, number)
+                for tenant, name in adapters
+                for number in self._folder_versions(tenant, name)
+                if number not in _indexed_versions(conn, tenant, name)
+                and _made_by_registry(self._version_dir(tenant, name, number), tenant, name, number)
+            ]
+            for orphan in orphans:
+                _record_number(conn, *orphan)
+        if orphans:
+            with self._staging_lock():
+                for orphan in orphans:
+                    self._discard(self._version_dir(*orphan))
 
     # -- publishing -----------------------------------------------------------------------------
 
@@ -313,6 +366,7 @@ class AdapterStore:
         version = None if version is None else validate_version(version)
         source = Path(source_dir)
         record = _check_publish_input(source, metadata)
+        self._clean_orphans([(tenant, name)])
         with self._staging_lock():
             staging = self.staging_root / uuid.uuid4().hex
             try:
@@ -323,7 +377,6 @@ class AdapterStore:
                     write_json(staging / METADATA, record)
                     _fsync_path(staging)
                     final = self._version_dir(tenant, name, number)
-                    self._discard(final)  # an orphan folder (no row) of this number
                     final.parent.mkdir(parents=True, exist_ok=True)
                     _rename_into_place(staging, final)
                     _fsync_path(final.parent)
@@ -334,22 +387,42 @@ class AdapterStore:
 
     @staticmethod
     def _copy_checked(source: Path, staging: Path) -> str:
-        """Copy ``source`` into ``staging``, flush it, and return the weights' sha256 after
+        """Copy ``source`` into ``staging``, flush it, check the copy (a valid LoRA folder with
+        finite weights, see ``lexlora.export.validate``) and return the weights' sha256 after
         checking that the copy's matches the source's."""
+        from lexlora.export.validate import read_adapter
+
         expected = sha256_file(source / WEIGHTS)
         shutil.copytree(source, staging, ignore=shutil.ignore_patterns(METADATA))
         _fsync_tree(staging)
         actual = sha256_file(staging / WEIGHTS)
         if actual != expected:
             raise LexloraError(f"{source / WEIGHTS}: changed while being copied; publish again")
+        read_adapter(staging)
         return actual
 
     def _allocate(self, conn: sqlite3.Connection, tenant: str, name: str, want: int | None) -> int:
-        indexed = _indexed_versions(conn, tenant, name)
+        """``want``, or the next number; never one allocated before (even if since removed) nor
+        one a folder already has."""
+        used = _used_numbers(conn, tenant, name)
+        folders = set(self._folder_versions(tenant, name))  # e.g. one lexlora did not make
         if want is None:
-            return max(indexed | set(self._folder_versions(tenant, name)), default=0) + 1
-        if want in indexed:
+            want = max(used | folders, default=0) + 1
+            if want > MAX_VERSION:
+                raise LexloraError(f"adapter '{tenant}/{name}': no version number left")
+        elif want in _indexed_versions(conn, tenant, name):
             raise LexloraError(f"adapter '{tenant}/{name}:{want}' already exists")
+        elif want in used:
+            raise LexloraError(
+                f"adapter '{tenant}/{name}:{want}' was published before and removed; a version "
+                "number is never reused (omit --version to get the next one)"
+            )
+        elif want in folders:
+            raise LexloraError(
+                f"{self._version_dir(tenant, name, want)}: a folder lexlora did not make is in "
+                f"the way of version {want}; move it away or omit --version"
+            )
+        _record_number(conn, tenant, name, want)
         return want
 
     @staticmethod
@@ -421,12 +494,17 @@ class AdapterStore:
             return [r[0] for r in conn.execute("SELECT name FROM tenants ORDER BY name")]
 
     def verify(self, av: AdapterVersion) -> None:
-        """Raise a LexloraError unless the weights on disk match the recorded sha256."""
+        """Raise a LexloraError unless the weights on disk match the recorded sha256 and the
+        folder passes ``lexlora.export.validate.read_adapter`` (finite weights, valid config:
+        a store written before that check existed may hold NaN weights)."""
+        from lexlora.export.validate import read_adapter
+
         weights = av.path / WEIGHTS
         if not weights.is_file():
             raise LexloraError(f"{av.ref}: {weights} is missing")
         if sha256_file(weights) != av.sha256:
             raise LexloraError(f"{av.ref}: checksum mismatch (tampered or corrupt weights)")
+        read_adapter(av.path)
 
     # -- changing -------------------------------------------------------------------------------
 
@@ -456,6 +534,7 @@ class AdapterStore:
             else:
                 conn.execute("DELETE FROM versions WHERE id = ?", (version_id,))
                 _after_version_removed(conn, adapter_id)
+        self._clean_orphans([(tenant, name)])  # what crashed publishes/removes left
         with self._staging_lock(), self._write() as conn:  # only folders that have no row
             left = _indexed_versions(conn, tenant, name)
             for number in self._folder_versions(tenant, name):
@@ -473,6 +552,34 @@ def _indexed_versions(conn: sqlite3.Connection, tenant: str, name: str) -> set[i
         (tenant, name),
     )
     return {r[0] for r in rows}
+
+
+def _used_numbers(conn: sqlite3.Connection, tenant: str, name: str) -> set[int]:
+    """Every version number ever allocated to ``tenant/name``."""
+    rows = conn.execute(
+        "SELECT version FROM version_numbers WHERE tenant = ? AND name = ?", (tenant, name)
+    )
+    return {r[0] for r in rows}
+
+
+def _record_number(conn: sqlite3.Connection, tenant: str, name: str, version: int) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO version_numbers (tenant, name, version) VALUES (?, ?, ?)",
+        (tenant, name, version),
+    )
+
+
+def _made_by_registry(folder: Path, tenant: str, name: str, version: int) -> bool:
+    """Whether ``folder`` (not a link) holds the ``lexlora.json`` the registry writes for that
+    version."""
+    if folder.is_symlink():
+        return False
+    try:
+        meta = json.loads((folder / METADATA).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    wanted = {"tenant": tenant, "name": name, "version": version}
+    return isinstance(meta, dict) and all(meta.get(k) == v for k, v in wanted.items())
 
 
 def _find_version(

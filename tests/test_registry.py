@@ -251,7 +251,7 @@ def test_remove_drops_aliases_and_the_last_version_drops_the_adapter(store, src)
     with sqlite3.connect(store.index_path) as conn:
         assert conn.execute("SELECT count(*) FROM adapters").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM aliases").fetchone() == (0,)
-    assert store.publish("acme", "contracts", src, META).version == 1
+    assert store.publish("acme", "contracts", src, META).version == 4  # numbers are never reused
 
 
 def test_remove_every_version(store, src):
@@ -302,10 +302,14 @@ CRASH_CHILD = textwrap.dedent(
         r._rename_into_place = die
     elif point == "after_rename":
         r._rename_into_place = then_die(r._rename_into_place)
-    elif point == "before_commit":
-        r._commit = die  # rows inserted, transaction not committed
-    elif point == "after_commit":
-        r._commit = then_die(r._commit)
+    elif point in ("before_commit", "after_commit"):  # the publish's commit, after the rename
+        rename, commit = r._rename_into_place, r._commit
+
+        def rename_then_arm(*args):
+            rename(*args)
+            r._commit = die if point == "before_commit" else then_die(commit)
+
+        r._rename_into_place = rename_then_arm
     elif point == "remove_before_delete":
         r.AdapterStore._discard = die  # rows deleted and committed, folder still there
     if point.startswith("remove"):
@@ -347,13 +351,14 @@ def test_a_publish_killed_at_any_point_leaves_old_or_new_state(tmp_path, src, po
     new_visible, orphan = CRASH_OUTCOMES[point]
     if point in ("after_copy", "before_rename"):
         assert os.listdir(root / ".staging") != [".lock"]  # the crash did leave a staging copy
+    assert (root / "acme" / "contracts" / "2").exists() == (new_visible or orphan)
 
-    store = AdapterStore(root)  # reopening cleans staging leftovers
+    store = AdapterStore(root)  # reopening (a write) cleans staging leftovers and orphans
     assert staging_leftovers(store) == []
     expected = ["acme/contracts:1", "acme/contracts:2"] if new_visible else ["acme/contracts:1"]
     assert refs(store) == expected
     assert store.resolve("acme", "contracts").ref == expected[-1]  # verifies the checksum too
-    assert (root / "acme" / "contracts" / "2").exists() == (new_visible or orphan)
+    assert (root / "acme" / "contracts" / "2").exists() == new_visible
     if orphan:
         with pytest.raises(LexloraError, match="not found"):
             store.resolve("acme", "contracts:2")
@@ -362,10 +367,9 @@ def test_a_publish_killed_at_any_point_leaves_old_or_new_state(tmp_path, src, po
     nxt = store.publish("acme", "contracts", make_adapter(tmp_path / "next", seed=2), META)
     assert nxt.version == 3 if (new_visible or orphan) else nxt.version == 2
     assert store.resolve("acme", "contracts").ref == nxt.ref
-    if orphan:  # publishing that number explicitly replaces the orphan
-        again = store.publish("acme", "contracts", new_src, META, version=2)
-        assert again.sha256 == sha256_file(new_src / "adapter_model.safetensors")
-        store.verify(again)
+    if orphan:  # nor can it be asked for explicitly
+        with pytest.raises(LexloraError, match="never reused"):
+            store.publish("acme", "contracts", new_src, META, version=2)
     assert staging_leftovers(store) == []
 
 
@@ -376,9 +380,10 @@ def test_a_remove_killed_before_deleting_folders_hides_the_version(tmp_path, src
     store.publish("acme", "contracts", src, META)
     child = run_child(CRASH_CHILD, root, src, "remove_before_delete")
     assert child.returncode == 1, child.stderr
-    store = AdapterStore(root)
-    assert refs(store) == ["acme/contracts:1"]
     assert (root / "acme" / "contracts" / "2").is_dir()  # orphan: invisible
+    store = AdapterStore(root)  # and cleaned by the next write
+    assert refs(store) == ["acme/contracts:1"]
+    assert not (root / "acme" / "contracts" / "2").exists()
     assert store.resolve("acme", "contracts").version == 1
     assert store.publish("acme", "contracts", src, META).version == 3
 

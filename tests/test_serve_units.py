@@ -177,7 +177,7 @@ def version(tenant: str, name: str, number: int, sha: str = "s") -> AdapterVersi
 
 def test_internal_names_are_tenant_unique_and_never_bare():
     plain = Target("acme", ((version("acme", "contracts", 2), 1.0),))
-    assert internal_name(plain) == "acme--contracts--v2"
+    assert internal_name(plain) == "acme--contracts--v2--s"  # s: the weights' sha256
     scaled = Target("acme", ((version("acme", "contracts", 2), 0.5),))
     other = Target("beta", ((version("beta", "contracts", 2), 0.5),))
     assert internal_name(scaled).startswith("acme--w") and internal_name(other).startswith(

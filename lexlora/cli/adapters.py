@@ -33,6 +33,17 @@ def _versioned(full: str, *, need_version: bool) -> tuple[str, str, int | None]:
     return tenant, name, version
 
 
+def _confirm(question: str) -> bool | None:
+    """y/N on the terminal; None when no answer can come (stdin closed, e.g. ``< /dev/null``)."""
+    typer.echo(f"{question} [y/N]: ", nl=False)
+    try:
+        answer = input()
+    except EOFError:
+        typer.echo()
+        return None
+    return answer.strip().lower() in ("y", "yes")
+
+
 def _echo_json(obj: object) -> None:
     typer.echo(json.dumps(obj, ensure_ascii=False, indent=2))
 
@@ -92,7 +103,13 @@ def adapters_rm(
     tenant, name, version = _versioned(ref, need_version=False)
     adapters = AdapterStore(store)
     what = f"{tenant}/{name}" + (f":{version}" if version else " (every version)")
-    if not yes and not typer.confirm(f"Remove {what}?"):
+    answer = yes or _confirm(f"Remove {what}?")
+    if answer is None:
+        raise LexloraError(
+            f"adapters rm {what}: no answer to the confirmation prompt (standard input is "
+            "closed); pass --yes to remove without asking"
+        )
+    if not answer:
         console.print("cancelled")
         raise typer.Exit(1)
     adapters.remove(tenant, name, version)

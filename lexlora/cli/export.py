@@ -49,16 +49,21 @@ def export(
     """Validate a run's adapter and publish it to the tenant's adapter store."""
     from lexlora.errors import LexloraError
     from lexlora.export.exporter import export_run, parse_combine
-    from lexlora.registry import AdapterStore
+    from lexlora.registry import MAX_VERSION, AdapterStore, validate_version
 
-    if version != "auto" and not version.isdigit():
-        raise LexloraError(f"--version {version!r}: expected 'auto' or a positive number")
+    try:  # ASCII digits only: int() and str.isdigit() also take '²' or '٣'
+        number = None if version == "auto" else validate_version(version)
+    except LexloraError:
+        raise LexloraError(
+            f"--version {version!r}: expected 'auto' or an integer from 1 to {MAX_VERSION} "
+            "(ASCII digits)"
+        ) from None
     result = export_run(
         run_dir,
         tenant,
         name,
         store=AdapterStore(store),
-        version=None if version == "auto" else int(version),
+        version=number,
         scale=scale,
         weight=weight,
         combine=[parse_combine(spec) for spec in combine or []],

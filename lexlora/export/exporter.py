@@ -11,7 +11,10 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +64,7 @@ def parse_combine(spec: str) -> CombinePart:
         value = float(weight)
     except ValueError:
         value = None
-    if not sep or not ref or value is None:
+    if not sep or not ref or value is None or not math.isfinite(value):
         raise LexloraError(f"--combine {spec!r}: expected REF:WEIGHT, e.g. acme/contracts:1:0.4")
     return CombinePart(ref, value)
 
@@ -113,8 +116,14 @@ def export_run(
     recipe, adapter = load_run(run_dir)
     check_gate(run_dir, force, log)
     max_rank = max_rank or recipe.export.max_lora_rank
-    if scale <= 0:
-        raise LexloraError("--scale must be > 0 (scale 0 is the base model: serve the base)")
+    if not (math.isfinite(scale) and scale > 0):  # NaN-safe: a NaN fails every comparison
+        raise LexloraError(
+            f"--scale {scale}: expected a finite number > 0 (scale 0 is the base model: serve "
+            "the base)"
+        )
+    for what, value in [("--weight", weight), *(("--combine", p.weight) for p in combine or [])]:
+        if not math.isfinite(value):
+            raise LexloraError(f"{what} {value}: expected a finite number")
     if combine_method not in COMBINE_METHODS:
         raise LexloraError(f"--combine-method {combine_method!r}: expected {COMBINE_METHODS}")
     check_serving_limits(adapter, max_rank)
@@ -127,7 +136,8 @@ def export_run(
     base_hash = base_config_hash(base_path)
     base_logits = probe_logits(model, tokenizer)
 
-    peft_model = PeftModel.from_pretrained(model, str(adapter.folder), adapter_name="trained")
+    with peft_loading(adapter.folder):
+        peft_model = PeftModel.from_pretrained(model, str(adapter.folder), adapter_name="trained")
     final = "trained"
     parts = combine or []
     if parts:
@@ -160,6 +170,17 @@ def export_run(
         merged = merge_into(peft_model, final, tokenizer, merge_dir, replace=overwrite)
         log(f"merged model → {merged}")
     return ExportResult(published, merged, change)
+
+
+@contextmanager
+def peft_loading(folder: Path) -> Iterator[None]:
+    """Turn what PEFT raises on an adapter folder it cannot load into one LexloraError (the
+    folder passed :func:`read_adapter`; this covers the config fields lexlora does not read)."""
+    try:
+        yield
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise LexloraError(f"{folder}: PEFT cannot load this adapter ({first})") from None
 
 
 def load_full_precision(base_path: str) -> tuple[Any, Any]:
@@ -197,7 +218,8 @@ def _combine(model, adapter, parts, weight, method, store, base_hash, max_rank) 
             )
         check_targets_exist(other, model)
         sum_ranks += other.rank
-        model.load_adapter(str(folder), adapter_name=f"part{i}")
+        with peft_loading(folder):
+            model.load_adapter(str(folder), adapter_name=f"part{i}")
         names.append(f"part{i}")
         weights.append(part.weight)
     if method == "cat" and sum_ranks > max_rank:

@@ -1,24 +1,45 @@
-"""Checks an adapter must pass before anything serves it.
+"""Checks an adapter must pass before anything serves it — the one place they live.
 
-The silent failures caught here: an adapter whose weights match no module (it would quietly serve
-the base model), a rank above the server's limit (vLLM answers HTTP 500), and LoRA on embeddings,
-``lm_head`` or ``modules_to_save`` (vLLM rejects them).
+The silent failures caught here: weights or probe outputs that are NaN/Inf (served, they give empty
+text or HTTP 500), an unreadable or truncated weights file, an ``adapter_config.json`` that is not
+JSON or whose fields PEFT would choke on, a rank that disagrees with the weights' shapes, weights
+that match no module (it would quietly serve the base model), a rank above the server's limit
+(vLLM answers HTTP 500), and LoRA on embeddings, ``lm_head`` or ``modules_to_save`` (vLLM rejects
+them). :func:`read_adapter` is what export, the registry's publish and the server's load all call.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from safetensors import safe_open
+from pydantic import BaseModel, ConfigDict, FiniteFloat, PositiveInt, ValidationError
+from safetensors import SafetensorError, safe_open
 
 from lexlora.errors import LexloraError
 
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
 FORBIDDEN_KEYS = ("embed_tokens", "lm_head", "lora_embedding", "modules_to_save")
 PROBE_PROMPT = "Does this licence allow commercial use of the software?"
+
+
+class LoraConfigFields(BaseModel):
+    """The fields of ``adapter_config.json`` that lexlora and PEFT rely on (others pass)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    peft_type: Literal["LORA"] = "LORA"
+    r: PositiveInt
+    lora_alpha: FiniteFloat | None = None
+    target_modules: list[str] | str | None = None
+    rank_pattern: dict[str, PositiveInt] = {}
+    alpha_pattern: dict[str, FiniteFloat] = {}
+    modules_to_save: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -39,20 +60,81 @@ class AdapterFiles:
 
 
 def read_adapter(folder: Path) -> AdapterFiles:
-    """The adapter's config and tensor names; anything but a PEFT LoRA folder is an error."""
-    config_path = folder / "adapter_config.json"
-    weights = folder / "adapter_model.safetensors"
+    """A PEFT LoRA folder whose config is valid, whose weights are readable and finite and whose
+    tensor shapes agree with the config's rank; anything else is a one-line LexloraError."""
+    config_path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not config_path.is_file() or not weights.is_file():
         raise LexloraError(
-            f"{folder}: not a LoRA adapter (expected adapter_config.json and "
-            "adapter_model.safetensors)"
+            f"{folder}: not a LoRA adapter (expected {CONFIG_FILE} and {WEIGHTS_FILE})"
         )
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config = read_config(config_path)
+    shapes = read_finite_weights(weights)
+    check_ranks(config, shapes, config_path, weights)
+    return AdapterFiles(folder, config, tuple(shapes))
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """``adapter_config.json`` as a dict, its LoRA fields validated."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LexloraError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise LexloraError(f"{path}: expected a JSON object, got {type(config).__name__}")
     if config.get("peft_type", "LORA") != "LORA":
-        raise LexloraError(f"{config_path}: peft_type {config.get('peft_type')!r}, expected LORA")
-    with safe_open(str(weights), framework="pt") as f:
-        keys = tuple(f.keys())
-    return AdapterFiles(folder, config, keys)
+        raise LexloraError(f"{path}: peft_type {config.get('peft_type')!r}, expected LORA")
+    try:
+        LoraConfigFields.model_validate(config)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        got = repr(err["input"])
+        got = got if len(got) <= 60 else got[:57] + "..."
+        raise LexloraError(f"{path}: field {field!r}: {err['msg'].lower()} (got {got})") from None
+    return config
+
+
+def read_finite_weights(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's name and shape; an unreadable file or a NaN/Inf value is an error."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = f.keys()  # a safe_open handle is not iterable
+            for key in names:
+                tensor = f.get_tensor(key)
+                check_finite(tensor, f"{path}: tensor {key}")
+                shapes[key] = tuple(tensor.shape)
+    except SafetensorError as exc:
+        raise LexloraError(f"{path}: not a readable safetensors file ({exc})") from None
+    if not shapes:
+        raise LexloraError(f"{path}: holds no tensors")
+    return shapes
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    """A LexloraError naming ``what`` unless every value of ``tensor`` is finite."""
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+        return
+    kind = "NaN" if bool(torch.isnan(tensor).any()) else "infinite"
+    raise LexloraError(
+        f"{what} has {kind} values; the adapter is unusable (retrain, e.g. with a lower "
+        "learning rate)"
+    )
+
+
+def check_ranks(config: dict, shapes: dict, config_path: Path, weights: Path) -> None:
+    """Each ``lora_A`` (rows) and ``lora_B`` (columns) has a rank the config declares."""
+    declared = {config["r"], *config.get("rank_pattern", {}).values()}
+    for key, shape in shapes.items():
+        axis = 0 if ".lora_A." in key else 1 if ".lora_B." in key else None
+        if axis is None:
+            continue
+        rank = shape[axis] if len(shape) >= 2 else None
+        if rank not in declared:
+            raise LexloraError(
+                f"{weights}: tensor {key} has shape {list(shape)}, not rank "
+                f"{' or '.join(map(str, sorted(declared)))} as {config_path.name} declares (r)"
+            )
 
 
 def check_serving_limits(adapter: AdapterFiles, max_rank: int) -> None:
@@ -98,9 +180,12 @@ def probe_logits(model: Any, tokenizer: Any) -> torch.Tensor:
 
 
 def check_changes_output(base_logits: torch.Tensor, adapted_logits: torch.Tensor, folder) -> float:
-    """The adapter must move the probe logits; returns the largest change."""
+    """The adapter must give finite probe logits that differ from the base's; returns the largest
+    change. Written so that a NaN fails (every comparison with NaN is False)."""
+    check_finite(base_logits, "the base model's output on the probe prompt")
+    check_finite(adapted_logits, f"{folder}: the adapted model's output on the probe prompt")
     change = (adapted_logits - base_logits).abs().max().item()
-    if change < 1e-6:
+    if not (math.isfinite(change) and change >= 1e-6):
         raise LexloraError(
             f"{folder}: the adapter does not change the base model's output on a probe prompt "
             "(its weights match no module of this base, or are all zero)"

@@ -2,7 +2,9 @@
 
 ``POST /admin/adapters/reload`` re-resolves every cached reference (``contracts`` = ``@latest``,
 ``contracts@prod``): a newly published or promoted version is loaded first, then new requests use
-it, while requests already running finish on the old one; the old one is unloaded once idle.
+it, while requests already running finish on the old one; the old one is unloaded once idle. A
+new version that cannot be loaded (its weights fail their checks) is listed under ``failed`` and
+the old one keeps serving.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from lexlora.errors import LexloraError
 from lexlora.serve.auth import require_admin
 from lexlora.serve.catalog import Target
 from lexlora.serve.engines.base import EngineError
@@ -59,6 +62,8 @@ async def load(request: Request) -> dict:
         name = await gw.residency.ensure(target)
     except EngineError as exc:  # e.g. above the vLLM server's max_lora_rank
         raise bad_request(str(exc), param="ref") from None
+    except LexloraError as exc:  # weights failed their checksum or validation (e.g. NaN)
+        raise ApiError(409, str(exc), param="ref", code="adapter_invalid") from None
     return {"loaded": name, "adapter": target.label}
 
 
@@ -83,15 +88,24 @@ async def unload(request: Request) -> dict:
 async def reload(request: Request) -> dict:
     gw = _gateway(request)
     resident = {r["internal_name"] for r in gw.residency.snapshot()}
-    changes = gw.catalog.changes()
-    loaded = []
-    for change in changes:
+    changes, loaded, failed = [], [], []
+    for change in gw.catalog.changes():
         serving = internal_name(Target(change.tenant, ((change.old, 1.0),))) in resident
         if change.new is not None and serving:  # bring the new version in before traffic moves
             target = Target(change.tenant, ((change.new, 1.0),))
-            loaded.append(await gw.residency.ensure(target))
+            try:
+                loaded.append(await gw.residency.ensure(target))
+            except (LexloraError, EngineError) as exc:  # keep serving the old version
+                failed.append({**change.describe(), "error": str(exc)})
+                continue
+        changes.append(change)
     gw.catalog.apply(changes)  # new requests use the new versions from here on
     named = {internal_name(Target(t, ((av, 1.0),))) for t, av in gw.catalog.cached_versions()}
     superseded = {internal_name(Target(c.tenant, ((c.old, 1.0),))) for c in changes} - named
     unloaded = await gw.residency.unload_superseded(superseded)
-    return {"changes": [c.describe() for c in changes], "loaded": loaded, "unloaded": unloaded}
+    return {
+        "changes": [c.describe() for c in changes],
+        "loaded": loaded,
+        "unloaded": unloaded,
+        "failed": failed,
+    }

@@ -1,9 +1,11 @@
 """Which adapters are loaded in the engine, under which internal names: an LRU of ``max_loras``.
 
-Internal names are unique per tenant and never the bare adapter name:
+Internal names are unique per tenant, never the bare adapter name, and keyed by the weights'
+checksum, so that other weights can never be served under a name already resident:
 
-- one version at full strength: ``TENANT--NAME--vVERSION`` (e.g. ``acme--contracts--v2``);
-- scaled or composed: ``TENANT--w<sha256 of the parts and weights, 16 hex>``.
+- one version at full strength: ``TENANT--NAME--vVERSION--<sha256 of the weights, 12 hex>``
+  (e.g. ``acme--contracts--v2--3f2a9c01d4e5``);
+- scaled or composed: ``TENANT--w<sha256 of the parts, their checksums and weights, 16 hex>``.
 
 Tenant names contain no ``--`` and do not end in ``-`` (see ``config.check_tenant_name``), so two
 different targets never share a name. A request *pins* its adapter while it runs; loading a new
@@ -28,7 +30,7 @@ def internal_name(target: Target) -> str:
     """The engine-side name of a non-base target."""
     if target.is_plain:
         av = target.parts[0][0]
-        return f"{target.tenant}--{av.name}--v{av.version}"
+        return f"{target.tenant}--{av.name}--v{av.version}--{av.sha256[:12]}"
     spec = "|".join(f"{av.name}:{av.version}:{av.sha256}:{w!r}" for av, w in target.parts)
     return f"{target.tenant}--w{hashlib.sha256(spec.encode()).hexdigest()[:16]}"
 
