@@ -234,6 +234,14 @@ def test_a_server_serves_the_new_weights_after_publish_rm_publish_and_reload(tin
         assert complete(url, "c") == expected[2]
         assert complete(url, "c:1") == expected[0]
 
+        # a new version whose weights fail their checks is not switched to: v3 keeps serving
+        v4 = store.publish("acme", "c", weights[0], meta)
+        (v4.path / WEIGHTS).write_bytes(b"")
+        reload = httpx.post(url + "/admin/adapters/reload", headers=admin, timeout=60).json()
+        assert reload["changes"] == [] and reload["failed"][0]["to"] == 4
+        assert "checksum mismatch" in reload["failed"][0]["error"]
+        assert complete(url, "c") == expected[2]
+
 
 # -- low: broken adapter folders and CLI input give one-line errors -------------------------------
 
