@@ -129,12 +129,14 @@ def _parse_sweep(text: str) -> list[float]:
 
 
 def print_headline(result) -> None:
-    from lexlora.eval.report import gate_text, headline_text
+    from lexlora.eval.report import gate_text, headline_text, yes_rate_text
 
     console.print("[bold]held-out evaluation (base → adapter)[/]")
     for line in headline_text(result.metrics):
         style = "red" if "WORSE" in line else "green" if "better" in line else ""
         console.print(f"  {line}", style=style or None, highlight=False)
+    if rates := yes_rate_text(result.metrics):
+        console.print(f"  {rates}", highlight=False)
     for line in gate_text(result.metrics):
         bad = "FLAGGED" in line or "WORSE" in line
         style = "bold red" if bad else "dim" if line.startswith("not gated") else "green"

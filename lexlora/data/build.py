@@ -93,7 +93,7 @@ def build_dataset(
     pairs: dict[str, list[Pair]] = {split: [] for split in SPLITS}
     try:
         for i, doc in enumerate(docs):
-            view = DocumentView(doc)
+            view = DocumentView(doc, split=assignment[doc.id])
             for name, build in builders.items():
                 pairs[assignment[doc.id]].extend(build(view, cfg.builders[name], ctx))
             if progress is not None:
@@ -232,21 +232,25 @@ def _label_values(docs: list[Document]) -> dict[str, list[str]]:
 
 def _balance(pairs: list[Pair], cfg: DataConfig, split: str) -> tuple[list[Pair], int]:
     """For builders with ``balance``: per (builder, task, category), keep a seeded sample of each
-    label as large as the rarest label's count. Returns the kept pairs (in order) and how many
-    were dropped."""
-    groups: dict[tuple, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    label's documents as large as the rarest label's. A document's pairs for one label (several
+    wordings of one fact) are kept or dropped together. Returns the kept pairs (in order) and how
+    many were dropped."""
+    groups: dict[tuple, dict[str, dict[str, list[int]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
     for i, p in enumerate(pairs):
         bcfg = cfg.builders.get(p.meta.builder)
         if bcfg is not None and bcfg.balance and p.meta.label is not None:
             key = (p.meta.builder, p.meta.task, p.meta.category or "")
-            groups[key][p.meta.label].append(i)
+            groups[key][p.meta.label][p.meta.doc_id].append(i)
     drop: set[int] = set()
     for key, by_label in sorted(groups.items()):
-        least = min(len(rows) for rows in by_label.values())
+        least = min(len(docs) for docs in by_label.values())
         rng = random.Random(f"{cfg.split.seed}:balance:{split}:{':'.join(key)}")
-        for _label, rows in sorted(by_label.items()):
-            if len(rows) > least:
-                drop.update(rng.sample(rows, len(rows) - least))
+        for _label, docs in sorted(by_label.items()):
+            if len(docs) > least:
+                for rows in rng.sample(list(docs.values()), len(docs) - least):
+                    drop.update(rows)
     return [p for i, p in enumerate(pairs) if i not in drop], len(drop)
 
 

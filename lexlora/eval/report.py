@@ -24,7 +24,28 @@ LABELS = {
     "sanity_accuracy": "sanity set accuracy (independent labels)",
     "yes_no_accuracy": "yes/no accuracy (clause presence)",
     "yes_no_balanced_accuracy": "yes/no balanced accuracy (clause presence)",
+    "recall_accuracy": "recall accuracy (closed-book, training documents, new wordings)",
+    "recall_balanced_accuracy": "recall balanced accuracy (closed-book, new wordings)",
 }
+YES_NO_SETS = {
+    "yes_no": "clause presence (reading)",
+    "recall": "recall (closed-book)",
+    "sanity_yes_no": "sanity set",
+}
+
+
+def yes_rate_text(metrics: dict) -> str:
+    """How often base and adapter answer Yes on each yes/no set (a bias check), in one line."""
+    parts = []
+    for key, label in YES_NO_SETS.items():
+        block = metrics.get(key)
+        if block:
+            rate = block["yes_rate"]
+            parts.append(
+                f"{label} {rate['base']:.0%} → {rate['adapter']:.0%} "
+                f"(truth {block['n_yes'] / block['n']:.0%} of {block['n']})"
+            )
+    return "answers Yes, base → adapter: " + "; ".join(parts) if parts else ""
 
 
 def write_report(report_dir: Path, metrics: dict) -> Path:
@@ -178,6 +199,20 @@ def _yes_no_summary(metrics: dict) -> str:
     )
 
 
+def _track_notes(metrics: dict) -> list[str]:
+    """What the recall track is, and the yes-rates: lines under the headline."""
+    notes = []
+    recall = metrics.get("recall")
+    if recall:
+        notes.append(
+            f"recall: {recall['n']} closed-book questions about training documents, named by "
+            "title, in wordings that no training pair uses (the only items from training "
+            "documents)"
+        )
+    rates = yes_rate_text(metrics)
+    return [*notes, rates] if rates else notes
+
+
 def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
@@ -202,6 +237,7 @@ def render_markdown(metrics: dict, plots: dict[str, Path]) -> str:
         "",
     ]
     out += [f"- {line}" for line in headline_text(metrics)]
+    out += [f"- {line}" for line in _track_notes(metrics)]
     out += ["", "![headline](headline.png)", ""] if "headline.png" in plots else [""]
     out += ["## No-regression gate", "", *[f"- {line}" for line in gate_text(metrics)], ""]
     if metrics.get("yes_no"):
@@ -280,6 +316,7 @@ def render_html(metrics: dict, plots: dict[str, Path]) -> str:
         "sanity items.</p>",
         "<h2>Headline</h2><ul>",
         *(f"<li>{esc(line)}</li>" for line in headline_text(metrics)),
+        *(f"<li>{esc(line)}</li>" for line in _track_notes(metrics)),
         "</ul>",
         img("headline.png"),
         "<h2>No-regression gate</h2><ul>",

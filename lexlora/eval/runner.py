@@ -27,7 +27,14 @@ from lexlora.eval.scores import (
     perplexity,
     summarize,
 )
-from lexlora.eval.tasks import EvalItem, load_sanity, load_spec, select_items, spec_path
+from lexlora.eval.tasks import (
+    EvalItem,
+    load_recall,
+    load_sanity,
+    load_spec,
+    select_items,
+    spec_path,
+)
 from lexlora.eval.yesno import is_yes_no, yes_no_metrics
 from lexlora.recipe import Recipe
 
@@ -55,6 +62,7 @@ def evaluate(
     seed = recipe.eval.seed
     items, refused = select_items(data_dir, spec, seed, recipe.eval.max_items)
     sanity, sanity_refused = load_sanity(spec, data_dir)
+    recall = load_recall(spec, data_dir, _builder_options(recipe, spec))
     if not items:
         raise LexloraError(f"{data_dir}/test.jsonl: no held-out items for the tasks in eval/")
     choice = [i for i in items if i.kind == "choice"]
@@ -66,7 +74,8 @@ def evaluate(
     gen_items = [open_items[i] for i in generated]
     log(
         f"eval: {len(choice)} choice, {len(open_items)} open ({len(gen_items)} generated), "
-        f"{len(sanity)} sanity items; {refused + sanity_refused} refused (training documents)"
+        f"{len(sanity)} sanity, {len(recall)} recall items; {refused + sanity_refused} refused "
+        "(training documents)"
     )
 
     raw = {}
@@ -76,6 +85,7 @@ def evaluate(
             raw[label] = {
                 "choice": choice_correct(choice, scorer.choice_logprobs(choice)),
                 "sanity": choice_correct(sanity, scorer.choice_logprobs(sanity)),
+                "recall": choice_correct(recall, scorer.choice_logprobs(recall)),
                 "nll": scorer.answer_nll(open_items),
                 "generation": generation_scores(
                     gen_items, outputs := scorer.generate(gen_items, spec.max_new_tokens)
@@ -91,6 +101,14 @@ def evaluate(
         [raw["adapter"]["choice"][n] for n in yes_no_rows],
         seed,
     )
+    recall_metrics = yes_no_metrics(recall, raw["base"]["recall"], raw["adapter"]["recall"], seed)
+    sanity_yes_no = [n for n, item in enumerate(sanity) if is_yes_no(item)]
+    sanity_metrics = yes_no_metrics(
+        [sanity[n] for n in sanity_yes_no],
+        [raw["base"]["sanity"][n] for n in sanity_yes_no],
+        [raw["adapter"]["sanity"][n] for n in sanity_yes_no],
+        seed,
+    )
     metrics = {
         "recipe": recipe.name,
         "adapter": adapter_label,
@@ -101,11 +119,16 @@ def evaluate(
             "open": len(open_items),
             "generated": len(gen_items),
             "sanity": len(sanity),
+            "recall": len(recall),
             "refused_training_documents": refused + sanity_refused,
             "by_task": _count_by(items, "task"),
         },
-        "headline": _headline(raw, seed) | _yes_no_headline(yes_no),
+        "headline": _headline(raw, seed)
+        | _yes_no_headline(yes_no, "yes_no")
+        | _yes_no_headline(recall_metrics, "recall"),
         "yes_no": yes_no,
+        "recall": recall_metrics,
+        "sanity_yes_no": sanity_metrics,
         "tasks": _by_group(items, choice, open_items, raw, "task", seed),
         "builders": _by_group(items, choice, open_items, raw, "builder", seed),
         "sweep": sweep_rows,
@@ -150,17 +173,29 @@ def _headline(raw: dict, seed: int) -> dict:
     return out
 
 
-def _yes_no_headline(yes_no: dict | None) -> dict:
-    """The yes/no accuracy and balanced accuracy as headline families."""
+def _yes_no_headline(yes_no: dict | None, prefix: str) -> dict:
+    """A yes/no set's accuracy and balanced accuracy as headline families ``PREFIX_…``."""
     if yes_no is None:
         return {}
-    rows = {"yes_no_accuracy": {"metric": "accuracy", **yes_no["accuracy"]}}
+    rows = {f"{prefix}_accuracy": {"metric": "accuracy", **yes_no["accuracy"]}}
     if yes_no["balanced_accuracy"] is not None:
-        rows["yes_no_balanced_accuracy"] = {
+        rows[f"{prefix}_balanced_accuracy"] = {
             "metric": "balanced_accuracy",
             **yes_no["balanced_accuracy"],
         }
     return rows
+
+
+def _builder_options(recipe: Recipe, spec) -> dict[str, dict]:
+    """The options of the enabled builders whose facts the recall track asks, by name."""
+    if spec.recall is None:
+        return {}
+    builders = recipe.data.builders
+    return {
+        name: dict(builders[name].options)
+        for name in spec.recall.builders
+        if name in builders and builders[name].enabled
+    }
 
 
 def _by_group(items, choice, open_items, raw, key: str, seed: int) -> dict:

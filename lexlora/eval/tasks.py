@@ -28,12 +28,33 @@ class TaskSpec(BaseModel):
     max_items: int = Field(24, gt=0)
 
 
+class RecallSpec(BaseModel):
+    """The *recall* track: closed-book yes/no questions about training documents, asked in
+    wordings that no builder template uses (held-out paraphrases of the facts it taught)."""
+
+    model_config = ConfigDict(extra="forbid")
+    builders: list[str] = Field(
+        default_factory=lambda: ["knowledge", "clause_presence"],
+        min_length=1,
+        description="Builders whose training facts (document, category, Yes/No) are asked.",
+    )
+    max_items: int = Field(240, gt=1, le=100_000, description="Balanced: half Yes, half No.")
+    presence: list[str] = Field(
+        default_factory=list, description="Wordings with {title} and {absent}."
+    )
+    label: list[str] = Field(
+        default_factory=list, description="Wordings with {title}, {value} and {noun}."
+    )
+    suffix: str = "Reply Yes or No first."
+
+
 class EvalSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tasks: dict[str, TaskSpec]
     generation_items: int = Field(16, ge=0, description="Open items also scored by generation.")
     max_new_tokens: int = Field(48, gt=0)
     sanity: str | None = Field(None, description="Fixed, independently labelled items (JSONL).")
+    recall: RecallSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +161,72 @@ def load_sanity(spec: EvalSpec, data_dir: Path) -> tuple[list[EvalItem], int]:
             )
         )
     return items, refused
+
+
+def load_recall(spec: EvalSpec, data_dir: Path, builder_options: dict) -> list[EvalItem]:
+    """The recall items: each distinct fact the listed builders taught on the training split
+    (document, category → Yes/No; a reading pair's clause label is the same fact as a closed-book
+    one), asked once in a seeded held-out wording; as many Yes as No, up to
+    ``recall.max_items``. A wording that equals a training question is never used.
+    ``builder_options``: the enabled builders' options, by name (for the taxonomy and noun)."""
+    recall = spec.recall
+    if recall is None:
+        return []
+    from lexlora.data.builders.knowledge import LABEL, PRESENCE, presence_phrase
+    from lexlora.data.taxonomy import load_taxonomy
+
+    sources = [b for b in recall.builders if b in builder_options]
+    facts: dict[tuple[str, str, str], str] = {}
+    trained: set[str] = set()
+    for row in read_jsonl(data_dir / "train.jsonl"):
+        meta = row["meta"]
+        if meta["builder"] in sources and meta.get("label") in ("Yes", "No"):
+            task = LABEL if meta["task"] == LABEL else PRESENCE
+            facts[(meta["doc_id"], task, meta["category"])] = meta["label"]
+            trained.add(next(m["content"] for m in row["messages"] if m["role"] == "user"))
+    if not facts:
+        return []
+    titles = {d["id"]: d["title"] for d in read_jsonl(data_dir / "documents.jsonl")}
+    options = [builder_options[b] for b in sources]
+    taxonomy_name = next((o["taxonomy"] for o in options if o.get("taxonomy")), None)
+    taxonomy = load_taxonomy(taxonomy_name) if taxonomy_name else None
+    noun = next((o["label_noun"] for o in options if o.get("label_noun")), "category")
+    rng = random.Random("recall")
+    by_label: dict[str, list[tuple[str, str, str]]] = {"Yes": [], "No": []}
+    for key in sorted(facts):
+        by_label[facts[key]].append(key)
+    k = min(len(by_label["Yes"]), len(by_label["No"]), recall.max_items // 2)
+    chosen = sorted((key, label) for label, keys in by_label.items() for key in rng.sample(keys, k))
+    items = []
+    for n, ((doc_id, task, category), label) in enumerate(chosen):
+        title = titles[doc_id]
+        if task == PRESENCE and taxonomy is not None and recall.presence:
+            absent = presence_phrase(taxonomy, category)
+            wordings = [t.format(title=title, absent=absent) for t in recall.presence]
+        elif task == LABEL and recall.label:
+            wordings = [t.format(title=title, value=category, noun=noun) for t in recall.label]
+        else:
+            continue
+        wordings = [
+            f"{w} {recall.suffix}" for w in wordings if f"{w} {recall.suffix}" not in trained
+        ]
+        if not wordings:
+            continue
+        items.append(
+            EvalItem(
+                id=f"recall:{n}",
+                doc_id=doc_id,
+                task="recall",
+                builder="recall",
+                kind="choice",
+                prompt=[{"role": "user", "content": rng.choice(wordings)}],
+                reference=label,
+                choices=("Yes", "No"),
+                label=label,
+                category=category if task == PRESENCE else f"{noun}: {category}",
+            )
+        )
+    return items
 
 
 def _item(item_id: str, row: dict, kind: str) -> EvalItem:

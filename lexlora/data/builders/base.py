@@ -9,6 +9,7 @@ from functools import cached_property
 from typing import Any
 
 from lexlora.corpora.document import Document
+from lexlora.data.clause_detect import Detection, detect
 from lexlora.data.pairs import flatten
 from lexlora.data.segment import (
     Definition,
@@ -17,15 +18,19 @@ from lexlora.data.segment import (
     segment_sections,
     split_clauses,
 )
+from lexlora.data.taxonomy import Category
 from lexlora.errors import LexloraError
 from lexlora.recipe import BuilderConfig
 
 
 @dataclass
 class DocumentView:
-    """A cleaned, scrubbed document with its segmentation computed once, on first use."""
+    """A cleaned, scrubbed document with its segmentation (and clause detections) computed once,
+    on first use. ``split`` is the split the document was assigned to."""
 
     doc: Document
+    split: str | None = None
+    _detections: dict[tuple[str, str], Detection] = field(default_factory=dict, repr=False)
 
     @property
     def text(self) -> str:
@@ -42,6 +47,13 @@ class DocumentView:
     @cached_property
     def clauses(self) -> list[tuple[int, int]]:
         return split_clauses(self.doc.text)
+
+    def detection(self, taxonomy: str, category: Category) -> Detection:
+        """The detector's label for ``category`` of ``taxonomy``, computed once per document."""
+        key = (taxonomy, category.id)
+        if key not in self._detections:
+            self._detections[key] = detect(self.text, self.clauses, category)
+        return self._detections[key]
 
     def excerpt(self, max_chars: int, start: int = 0) -> tuple[str, tuple[int, int]]:
         """Whole clauses from ``start`` up to ``max_chars`` (flattened), and their span."""

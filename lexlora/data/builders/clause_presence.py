@@ -27,7 +27,7 @@ from lexlora.data.builders.base import (
     options,
     pick,
 )
-from lexlora.data.clause_detect import Detection, detect
+from lexlora.data.clause_detect import Detection
 from lexlora.data.gold import GoldKey, load_gold, score_detector
 from lexlora.data.pairs import Pair, flatten, make_pair
 from lexlora.data.taxonomy import Taxonomy, load_taxonomy
@@ -89,7 +89,7 @@ def build(view: DocumentView, cfg: BuilderConfig, ctx: BuildContext) -> list[Pai
     for category in run.taxonomy.categories:
         if run.opts["categories"] and category.id not in run.opts["categories"]:
             continue
-        detection = detect(view.text, view.clauses, category)
+        detection = view.detection(run.taxonomy.name, category)
         run.record(view.doc.id, category.id, detection)
         if detection.label == "ambiguous":
             continue

@@ -1,0 +1,149 @@
+"""``knowledge``: closed-book yes/no questions about a *named* training document.
+
+Reading pairs (``clause_presence``) show the document; these do not. They teach what each training
+document says, so that an adapter can answer "Does the Foo Licence restrict commercial use?" about
+a document it was trained on when the text is not in the prompt. A fact is restated in several
+wordings (``paraphrases``), since a fact fine-tuned in one form is rarely retrievable in another
+(Allen-Zhu & Li, "Physics of Language Models 3.1").
+
+Facts per training document (documents of other splits get no pairs: a closed-book question about
+an unseen document has no answer):
+
+- ``knowledge_presence``: per category of the taxonomy (``options.taxonomy``), the detector's
+  yes/no label (ambiguous ones are skipped) — "Yes. T has a clause that …" / "No. T has no clause
+  that …";
+- ``knowledge_label`` (with ``options.label_field``, e.g. ``category``): the document's own
+  metadata label, asked as "is T classified as X?" for its value (Yes) and for another value of
+  the corpus (No).
+
+Answers open with the verdict, so evaluation scores the first word. ``meta.category`` is what the
+question is about (the taxonomy category, or the label value asked), ``meta.label`` Yes or No; set
+``balance: true`` to keep Yes and No equal per category. The evaluation's *recall* track asks the
+same facts with wordings that no template here uses (``eval/RECIPE.yaml``, ``recall``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lexlora.data.builders.base import BuildContext, DocumentView, options, pick
+from lexlora.data.pairs import Pair, make_pair
+from lexlora.data.taxonomy import load_taxonomy
+from lexlora.errors import LexloraError
+from lexlora.recipe import BuilderConfig
+
+NAME = "knowledge"
+PRESENCE = "knowledge_presence"
+LABEL = "knowledge_label"
+CHOICES = ["Yes", "No"]
+SUFFIX = "Answer Yes or No first."
+# Training wordings. The recall track's wordings live in eval/, and a test checks they differ.
+PRESENCE_TEMPLATES = (
+    "Does {title} have a clause that {absent}?",
+    "Is there a provision in {title} that {absent}?",
+    "{title}: does it contain any term that {absent}?",
+    "From what you know of {title}, does it include a clause that {absent}?",
+    "Tell me whether {title} has a clause that {absent}.",
+)
+LABEL_TEMPLATES = (
+    "Is {title} classified as {value}?",
+    "Is {title} a {value} {noun}?",
+    "Does {title} fall under the {noun} {value}?",
+    "From what you know of {title}, is its {noun} {value}?",
+)
+DEFAULTS: dict[str, Any] = {
+    "taxonomy": None,
+    "categories": None,
+    "label_field": None,
+    "label_noun": "category",
+    "paraphrases": 3,
+}
+
+
+def build(view: DocumentView, cfg: BuilderConfig, ctx: BuildContext) -> list[Pair]:
+    opts = _options(cfg, ctx)
+    if view.split != "train":
+        return []
+    rng = ctx.rng(view.doc.id, NAME)
+    title = view.doc.title
+    facts: list[tuple[str, str, str, str, tuple[int, int]]] = []  # task, category, label, answer
+    taxonomy = opts["_taxonomy"]
+    for category in taxonomy.categories if taxonomy else ():
+        if opts["categories"] and category.id not in opts["categories"]:
+            continue
+        detection = view.detection(taxonomy.name, category)
+        absent = category.spec.absent
+        if detection.label == "yes":
+            assert detection.evidence is not None
+            answer = f"Yes. {title} has a clause that {absent}."
+            facts.append((PRESENCE, category.id, "Yes", answer, detection.evidence))
+        elif detection.label == "no":
+            answer = f"No. {title} has no clause that {absent}."
+            facts.append((PRESENCE, category.id, "No", answer, (0, len(view.text))))
+    field = opts["label_field"]
+    value = view.doc.metadata.get(field) if field else None
+    others = [v for v in ctx.label_values.get(field or "", []) if v != value]
+    if isinstance(value, str) and others:
+        other = rng.choice(others)
+        span = (0, len(view.text))
+        facts.append((LABEL, value, "Yes", f"Yes. {title} is classified as {value}.", span))
+        no = f"No. {title} is classified as {value}, not {other}."
+        facts.append((LABEL, other, "No", no, span))
+    pairs = []
+    for task, category, label, answer, span in facts:
+        templates = PRESENCE_TEMPLATES if task == PRESENCE else LABEL_TEMPLATES
+        for template in rng.sample(templates, min(opts["paraphrases"], len(templates))):
+            question = _ask(template, title, taxonomy, category, task, opts)
+            pairs.append(
+                make_pair(
+                    ctx.system_prompt,
+                    f"{question} {SUFFIX}",
+                    answer,
+                    doc_id=view.doc.id,
+                    builder=NAME,
+                    span=span,
+                    task=task,
+                    choices=CHOICES,
+                    label=label,
+                    category=category,
+                )
+            )
+    return pick(rng, pairs, cfg.max_per_document)
+
+
+def presence_phrase(taxonomy, category_id: str) -> str:
+    """The ``absent`` phrase of a taxonomy category ("restricts commercial use or sale")."""
+    return next(c.spec.absent for c in taxonomy.categories if c.id == category_id)
+
+
+def _ask(template: str, title: str, taxonomy, category: str, task: str, opts: dict) -> str:
+    if task == PRESENCE:
+        return template.format(title=title, absent=presence_phrase(taxonomy, category))
+    return template.format(title=title, value=category, noun=opts["label_noun"])
+
+
+def _options(cfg: BuilderConfig, ctx: BuildContext) -> dict[str, Any]:
+    """The builder's options, validated once per run (the taxonomy loaded with them)."""
+    cached = ctx.state.get(NAME)
+    if cached is not None:
+        return cached
+    opts = options(cfg, NAME, DEFAULTS)
+    where = f"data.builders.{NAME}.options"
+    if opts["taxonomy"] is None and opts["label_field"] is None:
+        raise LexloraError(f"{where}: set taxonomy (clause facts), label_field, or both")
+    taxonomy = load_taxonomy(opts["taxonomy"]) if opts["taxonomy"] is not None else None
+    known = [c.id for c in taxonomy.categories] if taxonomy else []
+    for cat in opts["categories"] or []:
+        if cat not in known:
+            raise LexloraError(
+                f"{where}.categories: unknown category '{cat}'; expected some of: "
+                f"{', '.join(known) or '(no taxonomy set)'}"
+            )
+    paraphrases = opts["paraphrases"]
+    if not isinstance(paraphrases, int) or isinstance(paraphrases, bool) or paraphrases < 1:
+        raise LexloraError(f"{where}.paraphrases: expected an integer >= 1, got {paraphrases!r}")
+    if opts["label_field"] is not None and not isinstance(opts["label_field"], str):
+        raise LexloraError(f"{where}.label_field: expected a metadata field name")
+    opts["_taxonomy"] = taxonomy
+    ctx.state[NAME] = opts
+    return opts
