@@ -1,4 +1,5 @@
-"""The ``licenses`` corpus: licence texts of the ``licensedcode-data`` package (ScanCode LicenseDB)."""
+"""The ``licenses`` corpus: licence texts of the ``licensedcode-data`` package (ScanCode
+LicenseDB)."""
 
 from __future__ import annotations
 

@@ -1,1 +1,2 @@
-"""Documents → instruction pairs: clean, scrub, segment, build pairs, split by document, check leakage."""
+"""Documents → instruction pairs: clean, scrub, segment, build pairs, split by document, check
+leakage."""

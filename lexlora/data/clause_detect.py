@@ -5,7 +5,8 @@ every match is placed in its clause. A match is *negated* when it is prefixed by
 negator ("not", "no", "never", "without", "except", ...) stands shortly before it in the same
 clause and scope (a ``;``, ``:``, "but", "provided that", "unless" or "however" ends a scope;
 parentheticals, "without limitation", "no-charge" and "not limited to" negate nothing), or when a
-denial follows it ("is not permitted", "is prohibited"). Then, per the category's ``negation`` setting:
+denial follows it ("is not permitted", "is prohibited"). Then, per the category's ``negation``
+setting:
 
 * plain matches only → ``yes``, with the first matching clause as evidence;
 * negated matches only → ``no`` (an explicit denial) or ``ambiguous``; ``ignore`` counts them as

@@ -18,9 +18,9 @@ def split_by_document(
     """Assign every document id to one split.
 
     ``doc_strata`` maps document id → stratum (e.g. licence category). Within each stratum the
-    documents are shuffled with ``seed`` and cut by the fractions, rounding so that the overall split
-    sizes stay close to the requested fractions: a stratum's remainders go where the running total
-    is furthest below its target. A stratum of one document goes to train.
+    documents are shuffled with ``seed`` and cut by the fractions, rounding so that the overall
+    split sizes stay close to the requested fractions: a stratum's remainders go where the running
+    total is furthest below its target. A stratum of one document goes to train.
     """
     by_stratum: dict[str, list[str]] = defaultdict(list)
     for doc_id, stratum in doc_strata.items():

@@ -104,7 +104,11 @@ def load_taxonomy(name_or_path: str) -> Taxonomy:
         seen.add(cat.id)
         compiled = {
             kind: tuple(_compile(p, path, f"categories.{n}.{kind}.{i}") for i, p in enumerate(ps))
-            for kind, ps in (("patterns", cat.patterns), ("weak", cat.weak), ("exclude", cat.exclude))
+            for kind, ps in (
+                ("patterns", cat.patterns),
+                ("weak", cat.weak),
+                ("exclude", cat.exclude),
+            )
         }
         categories.append(Category(cat, **compiled))
     return Taxonomy(spec.name, path, tuple(categories))

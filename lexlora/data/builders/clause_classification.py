@@ -31,7 +31,7 @@ def build(view: DocumentView, cfg: BuilderConfig, ctx: BuildContext) -> list[Pai
         if excerpt:
             question = (
                 f"Which {opts['label_noun']} does the document containing this text belong to? "
-                f"Answer with one of: {', '.join(choices)}.\n\n\"{excerpt}\""
+                f'Answer with one of: {", ".join(choices)}.\n\n"{excerpt}"'
             )
             pairs.append(
                 make_pair(
@@ -62,7 +62,9 @@ def _heading_pairs(view, cfg, ctx, rng, budget: int) -> list[Pair]:
         excerpt, span = clause_excerpt(view.text, clauses[:2], cfg.max_answer_chars // 2)
         if not excerpt:
             continue
-        others = rng.sample([h for h in headings if h != section.heading], min(3, len(headings) - 1))
+        others = rng.sample(
+            [h for h in headings if h != section.heading], min(3, len(headings) - 1)
+        )
         choices = sorted([section.heading, *others])
         question = (
             f"Under which heading of {view.doc.title} does this clause appear? Answer with one "

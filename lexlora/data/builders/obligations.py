@@ -109,7 +109,7 @@ def _enclosing_heading(view: DocumentView, offset: int) -> str | None:
     """The heading of the innermost titled section containing ``offset``."""
     best = None
     for section in view.sections:
-        if section.heading and section.start <= offset < section.end:
-            if best is None or section.level >= best.level:
-                best = section
+        inside = section.heading and section.start <= offset < section.end
+        if inside and (best is None or section.level >= best.level):
+            best = section
     return best.heading if best else None
