@@ -85,12 +85,26 @@ def test_facts_of_training_documents_in_several_wordings_balanced(tmp_path):
     assert all(len(set(c.values())) == 1 for c in per_category.values()), per_category
 
 
+def test_fraction_covers_a_seeded_share_of_the_training_documents(tmp_path):
+    def covered(out: str, **options) -> set[str]:
+        opts = {"taxonomy": "commercial_contracts", **options}
+        recipe = knowledge_recipe(tmp_path, out, options=opts)
+        build_dataset(recipe)
+        train = rows(dataset_dir(recipe), "train")
+        return {r["meta"]["doc_id"] for r in train if r["meta"]["builder"] == "knowledge"}
+
+    everyone, some = covered("all"), covered("some", fraction=0.4)
+    assert some and some < everyone
+    assert covered("again", fraction=0.4) == some  # seeded: the same documents every build
+
+
 def test_option_errors_are_one_line(tmp_path):
     for options, message in (
         ({}, "set taxonomy"),
         ({"taxonomy": "commercial_contracts", "categories": ["nope"]}, "unknown category 'nope'"),
         ({"taxonomy": "commercial_contracts", "paraphrases": 0}, r"paraphrases: expected"),
         ({"label_field": "category", "colour": 1}, "unknown option 'colour'"),
+        ({"label_field": "category", "fraction": 0}, r"fraction: expected a number in \(0, 1\]"),
     ):
         recipe = knowledge_recipe(tmp_path, "out", options=options)
         with pytest.raises(LexloraError, match=message) as err:
@@ -125,7 +139,7 @@ def test_recall_items_ask_training_facts_in_new_wordings(tmp_path):
     facts = {
         (r["meta"]["doc_id"], r["meta"]["category"]): r["meta"]["label"]
         for r in train
-        if r["meta"]["builder"] in ("knowledge", "clause_presence")
+        if r["meta"]["builder"] == "knowledge"  # the first listed builder with pairs
     }
     questions = {r["messages"][-2]["content"] for r in train}
     train_docs = set(json.loads((out / "manifest.json").read_text())["split"]["doc_ids"]["train"])

@@ -36,7 +36,8 @@ class RecallSpec(BaseModel):
     builders: list[str] = Field(
         default_factory=lambda: ["knowledge", "clause_presence"],
         min_length=1,
-        description="Builders whose training facts (document, category, Yes/No) are asked.",
+        description="Where the facts (document, category, Yes/No) come from: the first of these "
+        "builders that has training pairs.",
     )
     max_items: int = Field(240, gt=1, le=100_000, description="Balanced: half Yes, half No.")
     presence: list[str] = Field(
@@ -164,10 +165,10 @@ def load_sanity(spec: EvalSpec, data_dir: Path) -> tuple[list[EvalItem], int]:
 
 
 def load_recall(spec: EvalSpec, data_dir: Path, builder_options: dict) -> list[EvalItem]:
-    """The recall items: each distinct fact the listed builders taught on the training split
-    (document, category → Yes/No; a reading pair's clause label is the same fact as a closed-book
-    one), asked once in a seeded held-out wording; as many Yes as No, up to
-    ``recall.max_items``. A wording that equals a training question is never used.
+    """The recall items: each distinct fact (document, category → Yes/No) that the first listed
+    builder with training pairs taught (a reading pair's clause label is the same fact as a
+    closed-book one), asked once in a seeded held-out wording; as many Yes as No, up to
+    ``recall.max_items``. A wording that equals any training question is never used.
     ``builder_options``: the enabled builders' options, by name (for the taxonomy and noun)."""
     recall = spec.recall
     if recall is None:
@@ -175,22 +176,23 @@ def load_recall(spec: EvalSpec, data_dir: Path, builder_options: dict) -> list[E
     from lexlora.data.builders.knowledge import LABEL, PRESENCE, presence_phrase
     from lexlora.data.taxonomy import load_taxonomy
 
-    sources = [b for b in recall.builders if b in builder_options]
-    facts: dict[tuple[str, str, str], str] = {}
+    facts_by_builder: dict[str, dict[tuple[str, str, str], str]] = {}
     trained: set[str] = set()
     for row in read_jsonl(data_dir / "train.jsonl"):
         meta = row["meta"]
-        if meta["builder"] in sources and meta.get("label") in ("Yes", "No"):
+        trained.add(next(m["content"] for m in row["messages"] if m["role"] == "user"))
+        if meta["builder"] in builder_options and meta.get("label") in ("Yes", "No"):
             task = LABEL if meta["task"] == LABEL else PRESENCE
-            facts[(meta["doc_id"], task, meta["category"])] = meta["label"]
-            trained.add(next(m["content"] for m in row["messages"] if m["role"] == "user"))
-    if not facts:
+            key = (meta["doc_id"], task, meta["category"])
+            facts_by_builder.setdefault(meta["builder"], {})[key] = meta["label"]
+    source = next((b for b in recall.builders if facts_by_builder.get(b)), None)
+    if source is None:
         return []
+    facts = facts_by_builder[source]
     titles = {d["id"]: d["title"] for d in read_jsonl(data_dir / "documents.jsonl")}
-    options = [builder_options[b] for b in sources]
-    taxonomy_name = next((o["taxonomy"] for o in options if o.get("taxonomy")), None)
-    taxonomy = load_taxonomy(taxonomy_name) if taxonomy_name else None
-    noun = next((o["label_noun"] for o in options if o.get("label_noun")), "category")
+    options = builder_options[source]
+    taxonomy = load_taxonomy(options["taxonomy"]) if options.get("taxonomy") else None
+    noun = options.get("label_noun") or "category"
     rng = random.Random("recall")
     by_label: dict[str, list[tuple[str, str, str]]] = {"Yes": [], "No": []}
     for key in sorted(facts):

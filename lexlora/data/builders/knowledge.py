@@ -7,7 +7,8 @@ wordings (``paraphrases``), since a fact fine-tuned in one form is rarely retrie
 (Allen-Zhu & Li, "Physics of Language Models 3.1").
 
 Facts per training document (documents of other splits get no pairs: a closed-book question about
-an unseen document has no answer):
+an unseen document has no answer; ``fraction`` < 1 covers a seeded share of the training documents,
+so that a short run sees each of their facts several times):
 
 - ``knowledge_presence``: per category of the taxonomy (``options.taxonomy``), the detector's
   yes/no label (ambiguous ones are skipped) — "Yes. T has a clause that …" / "No. T has no clause
@@ -24,6 +25,7 @@ same facts with wordings that no template here uses (``eval/RECIPE.yaml``, ``rec
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from lexlora.data.builders.base import BuildContext, DocumentView, options, pick
@@ -57,12 +59,13 @@ DEFAULTS: dict[str, Any] = {
     "label_field": None,
     "label_noun": "category",
     "paraphrases": 3,
+    "fraction": 1.0,
 }
 
 
 def build(view: DocumentView, cfg: BuilderConfig, ctx: BuildContext) -> list[Pair]:
     opts = _options(cfg, ctx)
-    if view.split != "train":
+    if view.split != "train" or not _covered(view.doc.id, ctx.seed, opts["fraction"]):
         return []
     rng = ctx.rng(view.doc.id, NAME)
     title = view.doc.title
@@ -111,6 +114,15 @@ def build(view: DocumentView, cfg: BuilderConfig, ctx: BuildContext) -> list[Pai
     return pick(rng, pairs, cfg.max_per_document)
 
 
+def _covered(doc_id: str, seed: int, fraction: float) -> bool:
+    """Whether the seeded ``fraction`` of training documents that get facts includes ``doc_id``
+    (a hash of the id, so the choice does not depend on document order)."""
+    if fraction >= 1.0:
+        return True
+    digest = hashlib.sha256(f"{seed}:{NAME}:{doc_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
 def presence_phrase(taxonomy, category_id: str) -> str:
     """The ``absent`` phrase of a taxonomy category ("restricts commercial use or sale")."""
     return next(c.spec.absent for c in taxonomy.categories if c.id == category_id)
@@ -142,6 +154,9 @@ def _options(cfg: BuilderConfig, ctx: BuildContext) -> dict[str, Any]:
     paraphrases = opts["paraphrases"]
     if not isinstance(paraphrases, int) or isinstance(paraphrases, bool) or paraphrases < 1:
         raise LexloraError(f"{where}.paraphrases: expected an integer >= 1, got {paraphrases!r}")
+    fraction = opts["fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+        raise LexloraError(f"{where}.fraction: expected a number in (0, 1], got {fraction!r}")
     if opts["label_field"] is not None and not isinstance(opts["label_field"], str):
         raise LexloraError(f"{where}.label_field: expected a metadata field name")
     opts["_taxonomy"] = taxonomy
