@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lexlora.errors import LexloraError
 from lexlora.io import dumps_canonical, sha256_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Bounds every numeric field lives within: beyond them a value is a typo, not a setting (and would
+# overflow, allocate without end or run forever somewhere downstream). Floats must be finite.
+MAX_LORA_RANK = 1024
+MAX_STEPS = 10**9
+Seed = Annotated[int, Field(ge=0, lt=2**32, description="0 ≤ seed < 2**32 (numpy's range).")]
+Steps = Annotated[int, Field(gt=0, le=MAX_STEPS)]
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -38,8 +45,8 @@ class CleanConfig(_Section):
     )
     dedup: bool = True
     near_duplicate_threshold: float = Field(0.9, gt=0, le=1, description="MinHash Jaccard.")
-    minhash_num_perm: int = Field(128, ge=16)
-    shingle_words: int = Field(5, ge=1)
+    minhash_num_perm: int = Field(128, ge=16, le=4096)
+    shingle_words: int = Field(5, ge=1, le=64)
 
 
 class ScrubConfig(_Section):
@@ -57,9 +64,9 @@ class BuilderConfig(_Section):
     """
 
     enabled: bool = True
-    weight: float = Field(1.0, ge=0)
-    max_per_document: int = Field(8, ge=1)
-    max_answer_chars: int = Field(600, ge=20)
+    weight: float = Field(1.0, ge=0, le=100)
+    max_per_document: int = Field(8, ge=1, le=10_000)
+    max_answer_chars: int = Field(600, ge=20, le=100_000)
     balance: bool = Field(
         False,
         description="Per split, task and category, keep as many pairs of each answer (Yes/No, "
@@ -72,11 +79,20 @@ class SplitConfig(_Section):
     validation: float = Field(0.05, ge=0, lt=1)
     test: float = Field(0.1, ge=0, lt=1)
     stratify_by: str | None = Field("category", description="Document metadata field.")
-    seed: int = 42
+    seed: Seed = 42
+
+    @model_validator(mode="after")
+    def _leaves_a_training_split(self) -> SplitConfig:
+        if self.validation + self.test >= 1:
+            raise ValueError(
+                f"validation + test = {self.validation + self.test:g} leaves no documents for "
+                "training; their sum must be below 1"
+            )
+        return self
 
 
 class LeakageConfig(_Section):
-    ngram: int = Field(8, ge=3, description="Word n-gram size for overlap.")
+    ngram: int = Field(8, ge=3, le=64, description="Word n-gram size for overlap.")
     max_overlap: float = Field(
         0.5, ge=0, le=1, description="Fail if the mean test-answer overlap with training exceeds."
     )
@@ -109,45 +125,74 @@ class ModelConfig(_Section):
 
 
 class LoraConfig(_Section):
-    rank: int = Field(16, gt=0)
-    alpha: int = Field(32, gt=0)
+    rank: int = Field(16, gt=0, le=MAX_LORA_RANK)
+    alpha: int = Field(32, gt=0, le=4 * MAX_LORA_RANK)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
 
 
 class TrainConfig(_Section):
     output_dir: str = "runs"
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, description="-1 trains for `epochs`.")
-    batch_size: int = Field(4, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(1.0, gt=0, le=1000)
+    max_steps: int = Field(
+        -1, ge=-1, le=MAX_STEPS, description="Optimizer steps; -1 trains for `epochs`."
+    )
+    batch_size: int = Field(4, gt=0, le=65_536)
+    grad_accum: int = Field(1, gt=0, le=65_536)
+    learning_rate: float = Field(2e-4, gt=0, le=1)
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    max_length: int = Field(512, ge=16)
+    max_length: int = Field(
+        512,
+        ge=16,
+        le=2**20,
+        description="Tokens per training sequence; also checked against the base model's "
+        "context and the memory it needs before anything loads.",
+    )
     packing: bool = True
-    seed: int = 42
-    logging_steps: int = Field(5, gt=0)
-    eval_steps: int = Field(50, gt=0)
-    save_steps: int = Field(50, gt=0)
-    save_total_limit: int = Field(2, gt=0)
-    early_stopping_patience: int | None = Field(None, gt=0)
-    max_eval_samples: int | None = Field(256, gt=0, description="Seeded validation subset.")
+    seed: Seed = 42
+    logging_steps: Steps = 5
+    eval_steps: Steps = 50
+    save_steps: Steps = 50
+    save_total_limit: int = Field(2, gt=0, le=10_000)
+    early_stopping_patience: int | None = Field(None, gt=0, le=10_000)
+    max_eval_samples: int | None = Field(
+        256, gt=0, le=10**7, description="Seeded validation subset."
+    )
     gradient_checkpointing: bool | None = Field(None, description="None: on for 4-bit only.")
     init_adapter: str | None = Field(None, description="Continue training this PEFT adapter.")
 
+    @field_validator("max_steps")
+    @classmethod
+    def _not_zero_steps(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("0 steps trains nothing; use -1 to train for `epochs`, or 1 or more")
+        return value
+
+    @model_validator(mode="after")
+    def _checkpoints_on_evaluations(self) -> TrainConfig:
+        # Early stopping reloads the best checkpoint, so every save must follow an evaluation.
+        if self.early_stopping_patience is not None and self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"early_stopping_patience needs save_steps ({self.save_steps}) to be a multiple "
+                f"of eval_steps ({self.eval_steps})"
+            )
+        return self
+
 
 class ExportConfig(_Section):
-    max_lora_rank: int = Field(16, gt=0)
+    max_lora_rank: int = Field(16, gt=0, le=MAX_LORA_RANK)
     store: str | None = Field(None, description="Adapter store; default LEXLORA_HOME/adapters.")
 
 
 class EvalConfig(_Section):
     tasks_file: str | None = Field(None, description="Task definitions; default eval/NAME.yaml.")
-    max_items: int | None = Field(None, gt=0)
-    sweep: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0])
-    max_new_tokens: int = Field(64, gt=0)
-    seed: int = 0
+    max_items: int | None = Field(None, gt=0, le=10**7)
+    sweep: list[Annotated[float, Field(ge=0, le=2)]] = Field(
+        default_factory=lambda: [0.0, 0.5, 1.0], description="Adapter strengths, 0 to 2."
+    )
+    max_new_tokens: int = Field(64, gt=0, le=8192)
+    seed: Seed = 0
     gate_min_items: int = Field(
         30, ge=1, le=10**6, description="Fewest paired items for a family to be gated."
     )
@@ -200,6 +245,13 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     path = find_recipe(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise LexloraError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save the recipe as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise LexloraError(f"{path}: cannot read the recipe ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -250,9 +302,10 @@ def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
             messages.append(f"unknown key '{dotted}'{hint}")
         elif err["type"] == "missing":
             messages.append(f"missing required field '{dotted}'")
-        else:
+        else:  # a whole section's check (its input a mapping) says what it got in its message
             got = err.get("input")
-            messages.append(f"field '{dotted}': {err['msg'].lower()} (got {got!r})")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            messages.append(f"field '{dotted}': {err['msg'].lower()}{shown}")
     return "; ".join(messages)
 
 

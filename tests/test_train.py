@@ -154,7 +154,9 @@ def test_resume_without_run_or_with_corrupt_checkpoint(tiny_model, tmp_path):
         train(recipe, resume=True)
     summary = train(recipe)
     (Path(summary.run_dir) / "checkpoints" / "checkpoint-6" / "optimizer.pt").unlink()
-    with pytest.raises(LexloraError, match=r"checkpoint-6: corrupt checkpoint.*optimizer\.pt"):
+    with pytest.raises(
+        LexloraError, match=r"no complete checkpoint.*: checkpoint-6 \(missing optimizer\.pt\)"
+    ):
         train(recipe, resume=True)
 
 

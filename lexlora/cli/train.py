@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from lexlora.cli.common import SetOption, console
+
+if TYPE_CHECKING:
+    from lexlora.train.trainer import TrainSummary
 
 
 def train(
@@ -24,9 +27,10 @@ def train(
 ) -> None:
     """Fit the recipe's LoRA adapter: runs/RECIPE/RUN_ID/adapter (building the data first)."""
     from lexlora.recipe import load_recipe
+
+    cfg = load_recipe(recipe, set_)  # before the (slow) training imports: a mistake shows at once
     from lexlora.train.trainer import train as train_adapter
 
-    cfg = load_recipe(recipe, set_)
     summary = train_adapter(cfg, resume=resume, console=console)
     if summary.interrupted:
         console.print(
@@ -35,21 +39,8 @@ def train(
         )
         raise typer.Exit(130)
     table = Table("", "value", title="training summary")
-    rows = {
-        "precision": summary.precision,
-        "steps": summary.steps,
-        "train loss (first → last)": f"{summary.train_loss_first:.4f} → "
-        f"{summary.train_loss_last:.4f}",
-        "held-out loss, base model": f"{summary.eval_loss_base:.4f}",
-        "held-out loss, adapter": f"{summary.eval_loss_adapter:.4f}",
-        "tokens seen (non-padding)": f"{summary.tokens_seen:,}",
-        "wall time": f"{summary.wall_seconds:.0f} s",
-        "peak memory (RSS)": f"{summary.peak_rss_mb:,.0f} MB",
-    }
-    if summary.peak_cuda_mb is not None:
-        rows["peak CUDA memory"] = f"{summary.peak_cuda_mb:,.0f} MB"
-    for key, value in rows.items():
-        table.add_row(key, str(value))
+    for key, value in summary_rows(summary).items():
+        table.add_row(key, value)
     console.print(table)
     console.print(f"[green]adapter[/] {summary.adapter_dir}")
     if evaluate and int(os.environ.get("RANK", "0")) == 0:
@@ -61,3 +52,25 @@ def train(
             console.print(f"no evaluation tasks ({tasks}); skipping the held-out evaluation")
             return
         print_headline(run_eval(cfg, EvalTarget(run=Path(summary.run_dir))))
+
+
+def summary_rows(summary: TrainSummary) -> dict[str, str]:
+    """The summary table's rows; a figure the run did not produce reads ``n/a``."""
+    rows = {
+        "precision": summary.precision,
+        "steps": str(summary.steps),
+        "train loss (first → last)": f"{_figure(summary.train_loss_first, '.4f')} → "
+        f"{_figure(summary.train_loss_last, '.4f')}",
+        "held-out loss, base model": _figure(summary.eval_loss_base, ".4f"),
+        "held-out loss, adapter": _figure(summary.eval_loss_adapter, ".4f"),
+        "tokens seen (non-padding)": _figure(summary.tokens_seen, ","),
+        "wall time": _figure(summary.wall_seconds, ".0f", " s"),
+        "peak memory (RSS)": _figure(summary.peak_rss_mb, ",.0f", " MB"),
+    }
+    if summary.peak_cuda_mb is not None:
+        rows["peak CUDA memory"] = _figure(summary.peak_cuda_mb, ",.0f", " MB")
+    return rows
+
+
+def _figure(value: float | None, spec: str, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{unit}"

@@ -1,4 +1,5 @@
-"""Trainer callbacks: metrics file, progress bar with tokens/s, and Ctrl-C → checkpoint → exit."""
+"""Trainer callbacks: metrics file, progress bar with tokens/s, the last step's loss, and
+Ctrl-C → checkpoint → exit."""
 
 from __future__ import annotations
 
@@ -11,12 +12,27 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
+from lexlora.io import atomic_write
+
 
 class MetricsFileCallback(TrainerCallback):
-    """Append every log (train loss, eval loss, learning rate, tokens seen) to ``metrics.jsonl``."""
+    """Append every log (train loss, eval loss, learning rate, tokens seen) to ``metrics.jsonl``.
+
+    On a resume, the rows logged after the checkpoint's step go first (and a last row a crash
+    cut short): those steps run again and log again, so each step keeps one row of each kind.
+    """
 
     def __init__(self, path: Path):
         self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or not self.path.is_file():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if _step(line) <= state.global_step]
+        if len(kept) < len(lines):
+            with atomic_write(self.path) as f:
+                f.writelines(kept)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -25,6 +41,16 @@ class MetricsFileCallback(TrainerCallback):
         row["num_input_tokens_seen"] = state.num_input_tokens_seen
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def _step(line: str) -> float:
+    """The step of a ``metrics.jsonl`` line; infinite for a line that is not a whole row."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return float("inf")
+    step = row.get("step") if isinstance(row, dict) else None
+    return step if isinstance(step, int) and line.endswith("\n") else float("inf")
 
 
 class ProgressCallback(TrainerCallback):
@@ -74,6 +100,15 @@ class ProgressCallback(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class LastStepLogCallback(TrainerCallback):
+    """Log the training loss at the last step (``max_steps`` or Ctrl-C) even between
+    ``logging_steps``, so every run records its final loss, however short."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps or control.should_training_stop:
+            control.should_log = True
 
 
 class InterruptCallback(TrainerCallback):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import torch
 from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -31,26 +32,16 @@ def load_base(recipe: Recipe) -> LoadedBase:
     cuda = torch.cuda.is_available()
     path = resolve_base_model(recipe.model.base)
     quant, description = quantization_for(recipe.model.quantization, cuda)
-    kwargs: dict[str, Any] = {"dtype": _dtype(recipe.model.dtype, cuda)}
+    kwargs: dict[str, Any] = {"dtype": model_dtype(recipe.model.dtype, cuda)}
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": 0} if cuda else {"": "cpu"}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
+        set_chat_template(recipe, tokenizer)  # before the weights: a bad template fails fast
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise LexloraError(f"model.base '{recipe.model.base}': cannot load ({first})") from None
-    if recipe.model.chat_template:
-        template = Path(recipe.model.chat_template)
-        if not template.is_file():
-            raise LexloraError(f"model.chat_template: {template} not found")
-        tokenizer.chat_template = template.read_text(encoding="utf-8")
-    if tokenizer.chat_template is None:
-        raise LexloraError(
-            f"model.base '{recipe.model.base}' has no chat template; set model.chat_template "
-            "to a Jinja file"
-        )
+        raise load_error(recipe, exc) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if quant is not None:
@@ -58,7 +49,46 @@ def load_base(recipe: Recipe) -> LoadedBase:
     return LoadedBase(model, tokenizer, path, quant is not None, description, cuda)
 
 
-def _dtype(name: str, cuda: bool) -> torch.dtype:
+def set_chat_template(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Use ``model.chat_template`` (or the base's own) and check that it renders a conversation."""
+    source = f"model.base '{recipe.model.base}'"
+    if recipe.model.chat_template:
+        template = Path(recipe.model.chat_template)
+        source = f"model.chat_template: {template}"
+        if not template.is_file():
+            raise LexloraError(f"{source} not found")
+        try:
+            tokenizer.chat_template = template.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise LexloraError(f"{source}: not UTF-8 text") from None
+    if tokenizer.chat_template is None:
+        raise LexloraError(
+            f"{source} has no chat template; set model.chat_template to a Jinja file"
+        )
+    sample = [
+        {"role": "system", "content": "You are an assistant."},
+        {"role": "user", "content": "A question?"},
+        {"role": "assistant", "content": "An answer."},
+    ]
+    try:
+        tokenizer.apply_chat_template(sample, tokenize=False)
+    except jinja2.TemplateError as exc:
+        raise LexloraError(
+            f"{source}: the chat template cannot render a conversation ({first_line(exc)})"
+        ) from None
+
+
+def load_error(recipe: Recipe, exc: Exception) -> LexloraError:
+    """The one-line error for a base model (or its config) that cannot be read."""
+    return LexloraError(f"model.base '{recipe.model.base}': cannot load ({first_line(exc)})")
+
+
+def first_line(exc: Exception) -> str:
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
+
+
+def model_dtype(name: str, cuda: bool) -> torch.dtype:
+    """The dtype ``model.dtype`` names (``auto``: bfloat16 on a GPU that has it, else float32)."""
     if name == "auto":
         return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     return getattr(torch, name)

@@ -3,13 +3,20 @@
 Layout: ``recipe.yaml`` (resolved), ``provenance.json`` (data manifest hash, package versions),
 ``metrics.jsonl``, ``runs/`` (TensorBoard), ``checkpoints/checkpoint-N/``, ``adapter/`` (final),
 ``summary.json``.
+
+A checkpoint is complete once the Trainer has written ``trainer_state.json``, its last file, in
+full; one cut short by a crash is skipped on resume.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 import re
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,6 +38,12 @@ PACKAGES = (
     "safetensors",
 )
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_FILES = (
+    "adapter_model.safetensors",
+    "optimizer.pt",
+    "scheduler.pt",
+    "trainer_state.json",  # written last
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -51,11 +64,38 @@ def new_run_dir(recipe: Recipe, run_id: str | None = None) -> Path:
             remove_stale_temps(earlier)
     base = run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir, n = root / base, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = root / f"{base}-{n}"
-    run_dir.mkdir(parents=True)
+    try:
+        while run_dir.exists():
+            n += 1
+            run_dir = root / f"{base}-{n}"
+        run_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise LexloraError(
+            f"train.output_dir '{recipe.train.output_dir}': cannot create {run_dir} "
+            f"({exc.strerror or exc})"
+        ) from None
     return run_dir
+
+
+@contextmanager
+def starting_run(recipe: Recipe, data_dir: Path) -> Iterator[Path]:
+    """A new run folder with its provenance, for setting the run up in the block; if the block
+    fails, the run never started: the folder goes again, with the (then empty) parents it made."""
+    root = Path(recipe.train.output_dir) / recipe.name
+    made = [root, *root.parents]
+    made = made[: next((i for i, p in enumerate(made) if p.exists()), len(made))]
+    run_dir = new_run_dir(recipe)
+    try:
+        write_provenance(run_dir, recipe, data_dir)
+        yield run_dir
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in made:  # innermost first; a folder someone else filled meanwhile stays
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def write_provenance(run_dir: Path, recipe: Recipe, data_dir: Path) -> None:
@@ -84,8 +124,9 @@ def latest_run_dir(recipe: Recipe) -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
-def latest_checkpoint(run_dir: Path) -> Path:
-    """The newest complete checkpoint of a run; a corrupt one is a user-facing error."""
+def latest_checkpoint(run_dir: Path, log: Callable[[str], object] = print) -> Path:
+    """The newest complete checkpoint of a run; newer incomplete ones are skipped (one line
+    says which and why). None complete is a user-facing error."""
     folder = run_dir / "checkpoints"
     found = []
     for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
@@ -94,9 +135,26 @@ def latest_checkpoint(run_dir: Path) -> Path:
             found.append((int(match[1]), path))
     if not found:
         raise LexloraError(f"{run_dir}: no checkpoint to resume from (checkpoints/ is empty)")
-    checkpoint = max(found)[1]
-    required = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
-    missing = [name for name in required if not (checkpoint / name).is_file()]
+    skipped = []
+    for step, path in sorted(found, reverse=True):
+        problem = checkpoint_problem(path, step)
+        if problem is None:
+            if skipped:
+                log(f"skipping incomplete {'; '.join(skipped)}")
+            return path
+        skipped.append(f"{path.name} ({problem})")
+    raise LexloraError(f"{run_dir}: no complete checkpoint to resume from: {'; '.join(skipped)}")
+
+
+def checkpoint_problem(path: Path, step: int) -> str | None:
+    """Why ``path`` is not a complete checkpoint of ``step``; None when it is."""
+    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
     if missing:
-        raise LexloraError(f"{checkpoint}: corrupt checkpoint (missing {', '.join(missing)})")
-    return checkpoint
+        return f"missing {', '.join(missing)}"
+    try:
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "trainer_state.json cut short"
+    if not isinstance(state, dict) or state.get("global_step") != step:
+        return f"trainer_state.json is not of step {step}"
+    return None

@@ -16,6 +16,8 @@ import math
 import os
 import resource
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,15 +33,16 @@ from lexlora.errors import LexloraError
 from lexlora.io import atomic_directory, write_json
 from lexlora.quiet import quiet_libraries
 from lexlora.recipe import Recipe
-from lexlora.train.callbacks import InterruptCallback, MetricsFileCallback, ProgressCallback
-from lexlora.train.dataset import ensure_dataset, load_split
-from lexlora.train.model_setup import LoadedBase, load_base, prepare_for_training
-from lexlora.train.run_dir import (
-    latest_checkpoint,
-    latest_run_dir,
-    new_run_dir,
-    write_provenance,
+from lexlora.train.callbacks import (
+    InterruptCallback,
+    LastStepLogCallback,
+    MetricsFileCallback,
+    ProgressCallback,
 )
+from lexlora.train.dataset import ensure_dataset, load_split
+from lexlora.train.memory import check_max_length
+from lexlora.train.model_setup import LoadedBase, load_base, prepare_for_training
+from lexlora.train.run_dir import latest_checkpoint, latest_run_dir, starting_run
 
 
 @dataclass
@@ -80,16 +83,18 @@ def train(recipe: Recipe, resume: bool = False, console: Console | None = None) 
 
 
 def setup_training(recipe: Recipe, resume: bool, console: Console) -> TrainingSession:
-    """Data, base model, LoRA and an SFTTrainer; validates all input before creating the run."""
+    """Data, base model, LoRA and an SFTTrainer; validates all input before creating the run,
+    and a run that fails to start leaves no folder behind."""
     quiet_libraries()
     started = time.time()
     # One process, or one rank of `accelerate launch` (gloo when there is no CUDA device).
     state = PartialState(cpu=not torch.cuda.is_available())
-    checkpoint = None
+    resumed = checkpoint = None
     if resume:
-        run_dir = latest_run_dir(recipe)
-        checkpoint = latest_checkpoint(run_dir)
-        console.print(f"resuming {run_dir} from {checkpoint.name}")
+        resumed = latest_run_dir(recipe)
+        checkpoint = latest_checkpoint(resumed, log=console.print)
+        console.print(f"resuming {resumed} from {checkpoint.name}")
+    check_max_length(recipe, cuda=torch.cuda.is_available())
 
     with state.main_process_first():
         data_dir = ensure_dataset(recipe, log=console.print)
@@ -107,20 +112,18 @@ def setup_training(recipe: Recipe, resume: bool, console: Console) -> TrainingSe
             f"train.batch_size={t.batch_size} is larger than the {len(train_data)} training pairs"
         )
 
-    if checkpoint is None:
-        run_dir = _create_run_dir(recipe, data_dir, state)
-    console.print(f"run: {run_dir}")
-
     interrupt = InterruptCallback()
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(recipe, run_dir, base),
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        processing_class=base.tokenizer,
-        peft_config=peft_config,
-        callbacks=_callbacks(recipe, run_dir, console, interrupt),
-    )
+    with _run_folder(recipe, data_dir, state, resumed) as run_dir:
+        console.print(f"run: {run_dir}")
+        trainer = SFTTrainer(
+            model=model,
+            args=sft_config(recipe, run_dir, base),
+            train_dataset=train_data,
+            eval_dataset=eval_data,
+            processing_class=base.tokenizer,
+            peft_config=peft_config,
+            callbacks=_callbacks(recipe, run_dir, console, interrupt),
+        )
     trainer.remove_callback(PrinterCallback)
     return TrainingSession(recipe, trainer, run_dir, base, checkpoint, interrupt, state, started)
 
@@ -164,16 +167,24 @@ def _final_eval(trainer: SFTTrainer) -> dict | None:
     return None
 
 
-def _create_run_dir(recipe: Recipe, data_dir: Path, state: PartialState) -> Path:
-    """The main process creates the run folder; other ranks receive its name."""
-    names = [None]
-    if state.is_main_process:
-        run_dir = new_run_dir(recipe)
-        write_provenance(run_dir, recipe, data_dir)
-        names = [str(run_dir)]
-    if state.num_processes > 1:
+@contextmanager
+def _run_folder(
+    recipe: Recipe, data_dir: Path, state: PartialState, resumed: Path | None
+) -> Iterator[Path]:
+    """The run folder to set up in: the resumed one, or a new one the main process creates (and
+    removes again if the setup fails); other ranks receive its name."""
+    if resumed is not None:
+        yield resumed
+        return
+    if not state.is_main_process:
+        names = [None]
         broadcast_object_list(names)
-    return Path(names[0])
+        yield Path(names[0])
+        return
+    with starting_run(recipe, data_dir) as run_dir:
+        if state.num_processes > 1:
+            broadcast_object_list([str(run_dir)])
+        yield run_dir
 
 
 def lora_checksum(model) -> str:
@@ -232,7 +243,7 @@ def _callbacks(recipe, run_dir, console, interrupt) -> list:
     callbacks = [MetricsFileCallback(run_dir / "metrics.jsonl"), ProgressCallback(console)]
     if recipe.train.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(recipe.train.early_stopping_patience))
-    return [*callbacks, interrupt]
+    return [*callbacks, interrupt, LastStepLogCallback()]  # the last sees the interrupt's stop
 
 
 def save_adapter(trainer: SFTTrainer, target: Path) -> Path:
