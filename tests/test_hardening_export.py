@@ -23,7 +23,7 @@ from lexlora.errors import LexloraError
 from lexlora.export.exporter import base_config_hash, export_run
 from lexlora.export.validate import read_adapter
 from lexlora.io import sha256_file
-from lexlora.registry import AdapterStore, AdapterVersion
+from lexlora.registry import AdapterStore, AdapterVersion, validate_version
 from lexlora.serve.catalog import Target
 from lexlora.serve.residency import internal_name
 
@@ -118,10 +118,19 @@ def published(store_dir: Path) -> list[str]:
 def test_export_refuses_non_finite_weights(adapter_run, tmp_path, value, kind):
     run = edited_run(adapter_run, tmp_path, set_first_value(value))
     key = sorted(load_file(run / "adapter" / WEIGHTS))[0]
+    store = AdapterStore(tmp_path / "store")
+    with pytest.raises(LexloraError, match=rf"{WEIGHTS}.*tensor {key}.*{kind}") as err:
+        export_run(run, "acme", "c", store=store, log=quiet)
+    assert "\n" not in str(err.value)
+    assert not (store.root / "acme").exists() and store.list() == []
+
+
+def test_cli_export_of_non_finite_weights_is_one_line(adapter_run, tmp_path):
+    run = edited_run(adapter_run, tmp_path, set_first_value(float("nan")))
     store = tmp_path / "store"
     result = cli("export", str(run), "--tenant", "acme", "--name", "c", "--store", str(store))
-    assert_one_line_error(result, WEIGHTS, f"tensor {key}", kind)
-    assert not (store / "acme").exists() and published(store) == []
+    assert_one_line_error(result, WEIGHTS, "NaN")
+    assert published(store) == []
 
 
 def test_export_refuses_an_adapter_whose_probe_output_is_not_finite(adapter_run, tmp_path):
@@ -280,13 +289,18 @@ def test_cli_export_of_a_truncated_adapter_is_one_line(adapter_run, tmp_path):
 
 
 @pytest.mark.parametrize("version", ["²", "٣", "0", "+2", "99999999999"])
-def test_cli_export_version_must_be_an_ascii_positive_integer(adapter_run, tmp_path, version):
+def test_a_version_must_be_an_ascii_positive_integer(version):
+    with pytest.raises(LexloraError, match="expected an integer from 1 to"):
+        validate_version(version)
+
+
+def test_cli_export_version_must_be_an_ascii_positive_integer(adapter_run, tmp_path):
     store = tmp_path / "store"
     result = cli(
         "export", str(adapter_run), "--tenant", "acme", "--name", "c", "--store", str(store),
-        "--version", version,
+        "--version", "²",
     )  # fmt: skip
-    assert_one_line_error(result, "--version", repr(version))
+    assert_one_line_error(result, "--version", repr("²"))
     assert published(store) == []
 
 

@@ -146,6 +146,9 @@ def test_max_length_beyond_memory_is_refused_from_the_config_alone(tmp_path):
     """A base of a config.json alone: the check reads nothing else (no weights, no data)."""
     from transformers import LlamaConfig
 
+    from lexlora.recipe import load_recipe
+    from lexlora.train.trainer import train
+
     base = tmp_path / "config-only"
     LlamaConfig(
         vocab_size=49152,
@@ -154,9 +157,13 @@ def test_max_length_beyond_memory_is_refused_from_the_config_alone(tmp_path):
         num_attention_heads=9,
         max_position_embeddings=2**20,
     ).save_pretrained(base)
-    recipe = write_recipe(tmp_path, base)
-    result = lexlora("train", str(recipe), "--set", f"train.max_length={2**20}", cwd=tmp_path)
-    line = assert_one_line_error(result, "train.max_length=1048576", "train.batch_size=4", "GiB")
+    recipe = load_recipe(str(write_recipe(tmp_path, base)), [f"train.max_length={2**20}"])
+    with pytest.raises(LexloraError) as err:  # in-process: the CLI's one line is tested above
+        train(recipe)
+    line = str(err.value)
+    assert "\n" not in line
+    for text in ("train.max_length=1048576", "train.batch_size=4", "GiB"):
+        assert text in line, line
     assert "RAM available" in line or "CUDA memory available" in line
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
@@ -193,19 +200,24 @@ def test_a_recipe_that_is_not_utf8(tmp_path):
     assert_one_line_error(result, str(recipe), "not UTF-8", "0xe9")
 
 
-@pytest.mark.parametrize("trigger", ["output_dir", "chat_template"])
-def test_a_run_that_cannot_start_is_one_line_and_leaves_no_run_folder(
-    tiny_model, tmp_path, trigger
-):
-    if trigger == "output_dir":
-        override, expected = "train.output_dir=/proc/x", "train.output_dir '/proc/x': cannot"
-    else:
-        template = tmp_path / "broken.jinja"
-        template.write_text("{% for message in messages %}{{ message['content'] }")
-        override, expected = f"model.chat_template={template}", "cannot render a conversation"
+def test_a_run_that_cannot_start_is_one_line_and_leaves_no_run_folder(tiny_model, tmp_path):
     recipe = write_recipe(tmp_path, tiny_model)
-    result = lexlora("train", str(recipe), "--set", override, cwd=tmp_path)
-    assert_one_line_error(result, expected)
+    result = lexlora("train", str(recipe), "--set", "train.output_dir=/proc/x", cwd=tmp_path)
+    assert_one_line_error(result, "train.output_dir '/proc/x': cannot")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_chat_template_that_cannot_render_stops_the_run_before_it_starts(tiny_model, tmp_path):
+    from lexlora.recipe import load_recipe
+    from lexlora.train.trainer import train
+
+    template = tmp_path / "broken.jinja"
+    template.write_text("{% for message in messages %}{{ message['content'] }")
+    path = str(write_recipe(tmp_path, tiny_model))
+    recipe = load_recipe(path, [f"model.chat_template={template}"])
+    with pytest.raises(LexloraError, match="cannot render a conversation") as err:
+        train(recipe)  # in-process: the CLI's one-line form is the test above
+    assert "\n" not in str(err.value)
     assert not (tmp_path / "runs").exists()
 
 
