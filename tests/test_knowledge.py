@@ -190,3 +190,17 @@ def test_recall_track_in_metrics_report_and_summary(tiny_run, tmp_path):
         "closed-book questions about training documents"
         in (result.report_dir / "report.md").read_text()
     )
+
+
+def test_shipped_recall_wordings_are_not_the_builders():
+    from lexlora.eval.tasks import load_spec, spec_path
+
+    spec = load_spec(spec_path("legal_contracts", None))
+    assert spec.recall is not None and spec.recall.max_items >= 100
+    ours = {t.format(title="T", absent="A") for t in spec.recall.presence}
+    theirs = {t.format(title="T", absent="A") for t in PRESENCE_TEMPLATES}
+    theirs |= {c.question("T") for c in load_taxonomy("licenses").categories}
+    assert ours and not ours & theirs
+    values = {"title": "T", "value": "V", "noun": "N"}
+    ours = {t.format(**values) for t in spec.recall.label}
+    assert ours and not ours & {t.format(**values) for t in LABEL_TEMPLATES}
