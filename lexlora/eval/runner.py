@@ -94,21 +94,9 @@ def evaluate(
             }
 
     sweep_rows = _sweep(scorer, sweep or recipe.eval.sweep, choice, open_items, raw, log)
-    yes_no_rows = [n for n, item in enumerate(choice) if is_yes_no(item)]
-    yes_no = yes_no_metrics(
-        [choice[n] for n in yes_no_rows],
-        [raw["base"]["choice"][n] for n in yes_no_rows],
-        [raw["adapter"]["choice"][n] for n in yes_no_rows],
-        seed,
-    )
-    recall_metrics = yes_no_metrics(recall, raw["base"]["recall"], raw["adapter"]["recall"], seed)
-    sanity_yes_no = [n for n, item in enumerate(sanity) if is_yes_no(item)]
-    sanity_metrics = yes_no_metrics(
-        [sanity[n] for n in sanity_yes_no],
-        [raw["base"]["sanity"][n] for n in sanity_yes_no],
-        [raw["adapter"]["sanity"][n] for n in sanity_yes_no],
-        seed,
-    )
+    yes_no = _yes_no_subset(choice, raw, "choice", seed)
+    recall_metrics = _yes_no_subset(recall, raw, "recall", seed)
+    sanity_metrics = _yes_no_subset(sanity, raw, "sanity", seed)
     metrics = {
         "recipe": recipe.name,
         "adapter": adapter_label,
@@ -171,6 +159,17 @@ def _headline(raw: dict, seed: int) -> dict:
             }
         out[name] = row
     return out
+
+
+def _yes_no_subset(items: list[EvalItem], raw: dict, field: str, seed: int) -> dict | None:
+    """Yes/no metrics over the Yes/No items of ``items`` (scored as ``raw[model][field]``)."""
+    rows = [n for n, item in enumerate(items) if is_yes_no(item)]
+    return yes_no_metrics(
+        [items[n] for n in rows],
+        [raw["base"][field][n] for n in rows],
+        [raw["adapter"][field][n] for n in rows],
+        seed,
+    )
 
 
 def _yes_no_headline(yes_no: dict | None, prefix: str) -> dict:
