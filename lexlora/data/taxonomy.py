@@ -114,6 +114,18 @@ def load_taxonomy(name_or_path: str) -> Taxonomy:
     return Taxonomy(spec.name, path, tuple(categories))
 
 
+def check_categories(taxonomy: Taxonomy | None, categories: list[str] | None, where: str) -> None:
+    """A builder's ``options.categories`` must name categories of its taxonomy (one-line error)."""
+    known = [c.id for c in taxonomy.categories] if taxonomy else []
+    for cat in categories or []:
+        if cat not in known:
+            source = f" in {taxonomy.path.name}" if taxonomy else ""
+            raise LexloraError(
+                f"{where}.categories: unknown category '{cat}'{source}; expected some of: "
+                f"{', '.join(known) or '(no taxonomy set)'}"
+            )
+
+
 def _compile(pattern: str, path: Path, where: str) -> re.Pattern[str]:
     flexible = pattern.replace(" ?", r"\s*").replace(" ", r"\s+")
     try:

@@ -30,7 +30,7 @@ from lexlora.data.builders.base import (
 from lexlora.data.clause_detect import Detection
 from lexlora.data.gold import GoldKey, load_gold, score_detector
 from lexlora.data.pairs import Pair, flatten, make_pair
-from lexlora.data.taxonomy import Taxonomy, load_taxonomy
+from lexlora.data.taxonomy import Taxonomy, check_categories, load_taxonomy
 from lexlora.errors import LexloraError
 from lexlora.recipe import BuilderConfig
 
@@ -180,13 +180,7 @@ def _run_for(ctx: BuildContext, cfg: BuilderConfig) -> PresenceRun:
                 f"{where}.taxonomy: required (a name in recipes/taxonomies/ or a YAML path)"
             )
         taxonomy = load_taxonomy(opts["taxonomy"])
-        known = [c.id for c in taxonomy.categories]
-        for cat in opts["categories"] or []:
-            if cat not in known:
-                raise LexloraError(
-                    f"{where}.categories: unknown category '{cat}' in {taxonomy.path.name}; "
-                    f"expected some of: {', '.join(known)}"
-                )
+        check_categories(taxonomy, opts["categories"], where)
         gold_files = [opts["gold"]] if isinstance(opts["gold"], str) else list(opts["gold"])
         gold = {}
         for text in gold_files:

@@ -30,7 +30,7 @@ from typing import Any
 
 from lexlora.data.builders.base import BuildContext, DocumentView, options, pick
 from lexlora.data.pairs import Pair, make_pair
-from lexlora.data.taxonomy import load_taxonomy
+from lexlora.data.taxonomy import check_categories, load_taxonomy
 from lexlora.errors import LexloraError
 from lexlora.recipe import BuilderConfig
 
@@ -144,13 +144,7 @@ def _options(cfg: BuilderConfig, ctx: BuildContext) -> dict[str, Any]:
     if opts["taxonomy"] is None and opts["label_field"] is None:
         raise LexloraError(f"{where}: set taxonomy (clause facts), label_field, or both")
     taxonomy = load_taxonomy(opts["taxonomy"]) if opts["taxonomy"] is not None else None
-    known = [c.id for c in taxonomy.categories] if taxonomy else []
-    for cat in opts["categories"] or []:
-        if cat not in known:
-            raise LexloraError(
-                f"{where}.categories: unknown category '{cat}'; expected some of: "
-                f"{', '.join(known) or '(no taxonomy set)'}"
-            )
+    check_categories(taxonomy, opts["categories"], where)
     paraphrases = opts["paraphrases"]
     if not isinstance(paraphrases, int) or isinstance(paraphrases, bool) or paraphrases < 1:
         raise LexloraError(f"{where}.paraphrases: expected an integer >= 1, got {paraphrases!r}")
