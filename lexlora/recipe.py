@@ -131,6 +131,22 @@ class LoraConfig(_Section):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
 
 
+class ReplayConfig(_Section):
+    """Self-distilled replay against forgetting: the base model's own greedy answers to general
+    prompts, mixed into the training rows (:mod:`lexlora.train.replay`)."""
+
+    prompts: str = Field(
+        "recipes/replay/general_prompts.jsonl",
+        description="JSONL of {id, prompt}; a relative path is looked up from the working "
+        "directory, then the repository.",
+    )
+    ratio: float = Field(
+        0.0, ge=0, le=0.5, description="Share of the training rows that are replay; 0 disables."
+    )
+    max_new_tokens: int = Field(96, gt=0, le=4096, description="Longest base-model answer.")
+    batch_size: int = Field(16, gt=0, le=4096, description="Prompts per generate call.")
+
+
 class TrainConfig(_Section):
     output_dir: str = "runs"
     epochs: float = Field(1.0, gt=0, le=1000)
@@ -161,6 +177,7 @@ class TrainConfig(_Section):
     )
     gradient_checkpointing: bool | None = Field(None, description="None: on for 4-bit only.")
     init_adapter: str | None = Field(None, description="Continue training this PEFT adapter.")
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
 
     @field_validator("max_steps")
     @classmethod

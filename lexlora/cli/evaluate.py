@@ -129,12 +129,17 @@ def _parse_sweep(text: str) -> list[float]:
 
 
 def print_headline(result) -> None:
-    from lexlora.eval.report import gate_text, headline_text, yes_rate_text
+    """The one-screen summary: every headline family, then the tracks (reading, recall,
+    general), the yes-rates, the gate's verdict and where the report is."""
+    from lexlora.eval.report import gate_text, headline_text, track_text, yes_rate_text
 
     console.print("[bold]held-out evaluation (base → adapter)[/]")
     for line in headline_text(result.metrics):
-        style = "red" if "WORSE" in line else "green" if "better" in line else ""
-        console.print(f"  {line}", style=style or None, highlight=False)
+        console.print(f"  {line}", style=_style(line), highlight=False)
+    if tracks := track_text(result.metrics):
+        console.print("[bold]tracks (base → adapter, 95% CI of the change)[/]")
+        for line in tracks:
+            console.print(f"  {line}", style=_style(line), highlight=False)
     if rates := yes_rate_text(result.metrics):
         console.print(f"  {rates}", highlight=False)
     for line in gate_text(result.metrics):
@@ -143,3 +148,7 @@ def print_headline(result) -> None:
         console.print(line, style=style, highlight=False)
     console.print(f"best strength: {result.metrics['best_scale']}")
     console.print(f"[green]report[/] {result.report_dir / 'report.html'}")
+
+
+def _style(line: str) -> str | None:
+    return "red" if "WORSE" in line else "green" if "better" in line else None

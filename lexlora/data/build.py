@@ -73,21 +73,11 @@ def build_dataset(
     sources_sha256 = sha256_text(dumps_canonical([[d.id, sha256_text(d.text)] for d in raw_docs]))
 
     docs, skipped, warnings, scrub_counts = _clean_and_scrub(raw_docs, cfg)
-    duplicates = []
-    if cfg.clean.dedup:
-        duplicates = find_duplicates(
-            [(d.id, d.text) for d in docs],
-            threshold=cfg.clean.near_duplicate_threshold,
-            num_perm=cfg.clean.minhash_num_perm,
-            shingle_words=cfg.clean.shingle_words,
-        )
-        dropped = {d.doc_id for d in duplicates}
-        docs = [d for d in docs if d.id not in dropped]
+    docs, duplicates = drop_duplicates(docs, cfg)
     if not docs:
         raise LexloraError(f"corpus '{cfg.corpus}': every document was skipped ({dict(skipped)})")
 
-    strata = {d.id: _stratum(d, cfg.split.stratify_by) for d in docs}
-    assignment = split_by_document(strata, cfg.split.validation, cfg.split.test, cfg.split.seed)
+    strata, assignment = assign_splits(docs, cfg)
 
     ctx = BuildContext(cfg.system_prompt, cfg.split.seed, _label_values(docs))
     pairs: dict[str, list[Pair]] = {split: [] for split in SPLITS}
@@ -105,9 +95,11 @@ def build_dataset(
     for split in SPLITS:
         pairs[split], balanced_out[split] = _balance(pairs[split], cfg, split)
     pairs["train"] = _weight_training_pairs(pairs["train"], cfg)
+    # Plain-text rows (reading) are training material only: evaluation reads chat pairs.
+    assert not any(p.is_text for split in ("validation", "test") for p in pairs[split])
 
     leakage = measure_leakage(
-        (text for p in pairs["train"] for text in (p.question, p.answer)),
+        (text for p in pairs["train"] for text in p.contents),
         (p.answer for p in pairs["test"]),
         n=cfg.leakage.ngram,
         max_overlap=cfg.leakage.max_overlap,
@@ -162,6 +154,28 @@ def build_dataset(
         manifest["files"] = files
         write_json(staging / MANIFEST, manifest)
     return manifest
+
+
+def drop_duplicates(docs: list[Document], cfg: DataConfig) -> tuple[list[Document], list]:
+    """The documents left after exact and near-duplicate removal (``data.clean``), and the
+    duplicates found (none when ``dedup`` is off)."""
+    if not cfg.clean.dedup:
+        return docs, []
+    duplicates = find_duplicates(
+        [(d.id, d.text) for d in docs],
+        threshold=cfg.clean.near_duplicate_threshold,
+        num_perm=cfg.clean.minhash_num_perm,
+        shingle_words=cfg.clean.shingle_words,
+    )
+    dropped = {d.doc_id for d in duplicates}
+    return [d for d in docs if d.id not in dropped], duplicates
+
+
+def assign_splits(docs: list[Document], cfg: DataConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """Each document's stratum and split (``data.split``: seeded, stratified, by document)."""
+    strata = {d.id: _stratum(d, cfg.split.stratify_by) for d in docs}
+    split = cfg.split
+    return strata, split_by_document(strata, split.validation, split.test, split.seed)
 
 
 def _write_rows(path: Path, rows) -> str:
@@ -232,20 +246,22 @@ def _label_values(docs: list[Document]) -> dict[str, list[str]]:
 
 def _balance(pairs: list[Pair], cfg: DataConfig, split: str) -> tuple[list[Pair], int]:
     """For builders with ``balance``: per (builder, task, category), keep a seeded sample of each
-    label's documents as large as the rarest label's. A document's pairs for one label (several
-    wordings of one fact) are kept or dropped together. Returns the kept pairs (in order) and how
-    many were dropped."""
+    label's documents as large as the rarest label's; a group that lacks one of its options (all
+    No, say) is dropped whole. A document's pairs for one label (several wordings of one fact)
+    are kept or dropped together. Returns the kept pairs (in order) and how many were dropped."""
     groups: dict[tuple, dict[str, dict[str, list[int]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )
+    options: dict[tuple, set[str]] = defaultdict(set)
     for i, p in enumerate(pairs):
         bcfg = cfg.builders.get(p.meta.builder)
         if bcfg is not None and bcfg.balance and p.meta.label is not None:
             key = (p.meta.builder, p.meta.task, p.meta.category or "")
             groups[key][p.meta.label][p.meta.doc_id].append(i)
+            options[key].update(p.meta.choices or [p.meta.label])
     drop: set[int] = set()
     for key, by_label in sorted(groups.items()):
-        least = min(len(docs) for docs in by_label.values())
+        least = min(len(docs) for docs in by_label.values()) if options[key] <= set(by_label) else 0
         rng = random.Random(f"{cfg.split.seed}:balance:{split}:{':'.join(key)}")
         for _label, docs in sorted(by_label.items()):
             if len(docs) > least:

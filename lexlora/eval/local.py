@@ -20,7 +20,7 @@ from lexlora.eval.tasks import EvalItem, option_texts
 class LocalScorer:
     """Scores items with one model; ``variant(scale)`` selects base (None) or adapter × scale."""
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8):
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -47,9 +47,53 @@ class LocalScorer:
 
     @torch.no_grad()
     def choice_logprobs(self, items: Sequence[EvalItem]) -> list[list[float]]:
-        """Per item, the log-probability of each option (see :func:`option_texts`), computed
-        with the prompt encoded once and its KV cache shared by the options."""
-        return [self._options_logprobs(item) for item in items]
+        """Per item, the log-probability of each option (see :func:`option_texts`). Items whose
+        options are one token each (Yes/No) are scored in batches of similar length from the
+        prompt's last logits (:meth:`_last_logprobs`); the others encode the prompt once and share
+        its KV cache across options."""
+        options = [[self._ids(text) for text in option_texts(i, self.end)] for i in items]
+        scores: list[list[float] | None] = [None] * len(items)
+        prompts = {
+            n: self._ids(self.prompt_text(items[n]))
+            for n, opts in enumerate(options)
+            if all(len(o) == 1 for o in opts)
+        }
+        single = sorted(prompts, key=lambda n: len(prompts[n]))
+        for start in range(0, len(single), self.batch_size):
+            rows = single[start : start + self.batch_size]
+            last = self._last_logprobs([prompts[n] for n in rows])
+            for row, n in enumerate(rows):
+                scores[n] = [last[row, o[0]].item() for o in options[n]]
+        for n, item in enumerate(items):
+            if scores[n] is None:
+                scores[n] = self._options_logprobs(item)
+        return scores
+
+    def _last_logprobs(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Next-token log-probabilities after each prompt. The prefix all prompts share (the chat
+        template's system turn) is encoded once and its KV cache reused; the rest is right-padded
+        into one batch, and each row is read at its own last token."""
+        shared = min(len(p) for p in prompts) - 1
+        for p in prompts[1:]:
+            shared = next((i for i in range(shared) if p[i] != prompts[0][i]), shared)
+        cache = None
+        if shared > 0:
+            cache = self.model(input_ids=torch.tensor([prompts[0][:shared]]), use_cache=True).cache
+            cache.batch_repeat_interleave(len(prompts))
+        rests = [p[shared:] for p in prompts]
+        width = max(len(r) for r in rests)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rests])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rests])
+        logits = self.model(
+            input_ids=ids,
+            attention_mask=torch.cat([torch.ones(len(rests), shared, dtype=mask.dtype), mask], 1),
+            position_ids=torch.arange(shared, shared + width).expand(len(rests), -1),
+            cache=cache,
+            use_cache=cache is not None,
+        ).logits
+        last = logits[torch.arange(len(rests)), torch.tensor([len(r) - 1 for r in rests])]
+        return torch.log_softmax(last.float(), dim=-1)
 
     def _options_logprobs(self, item: EvalItem) -> list[float]:
         prompt = torch.tensor([self._ids(self.prompt_text(item))])

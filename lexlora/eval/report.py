@@ -26,6 +26,21 @@ LABELS = {
     "yes_no_balanced_accuracy": "yes/no balanced accuracy (clause presence)",
     "recall_accuracy": "recall accuracy (closed-book, training documents, new wordings)",
     "recall_balanced_accuracy": "recall balanced accuracy (closed-book, new wordings)",
+    "general_accuracy": "general option accuracy (out-of-domain questions)",
+    "general_answer_nll": "general answer loss (out-of-domain, NLL per token, lower is better)",
+}
+TRACK_LABELS = {
+    "reading": "reading (held-out documents, text in the prompt)",
+    "recall": "recall (training documents, closed-book, new wordings)",
+    "general": "general (out-of-domain questions: a drop is forgetting)",
+}
+FAMILY_SHORT = {  # a family's name inside its track's line
+    "yes_no_balanced_accuracy": "clause presence balanced accuracy",
+    "choice_accuracy": "option accuracy",
+    "recall_balanced_accuracy": "balanced accuracy",
+    "recall_accuracy": "accuracy",
+    "general_accuracy": "option accuracy",
+    "general_answer_nll": "answer NLL",
 }
 YES_NO_SETS = {
     "yes_no": "clause presence (reading)",
@@ -64,16 +79,37 @@ def write_report(report_dir: Path, metrics: dict) -> Path:
 
 def headline_text(metrics: dict) -> list[str]:
     """One line per metric family: base → adapter, difference with its 95% interval."""
+    return [
+        f"{LABELS.get(name, name)}: base {row['base']['mean']:.3f} → adapter "
+        f"{row['adapter']['mean']:.3f} {_change(row)}"
+        for name, row in metrics["headline"].items()
+    ]
+
+
+def track_text(metrics: dict) -> list[str]:
+    """One line per track (reading, recall, general): each of its families base → adapter with
+    the 95% interval of the difference."""
     lines = []
-    for name, row in metrics["headline"].items():
-        diff = row["difference"]
-        verdict = "better" if diff["improved"] else "WORSE" if diff["worse"] else "no clear change"
-        lines.append(
-            f"{LABELS.get(name, name)}: base {row['base']['mean']:.3f} → adapter "
-            f"{row['adapter']['mean']:.3f} (Δ {diff['mean']:+.3f}, 95% CI "
-            f"[{diff['low']:+.3f}, {diff['high']:+.3f}], n={row['base']['n']}: {verdict})"
-        )
+    for track, families in (metrics.get("tracks") or {}).items():
+        parts = []
+        for name in families:
+            row = metrics["headline"][name]
+            parts.append(
+                f"{FAMILY_SHORT.get(name, name)} {row['base']['mean']:.3f} → "
+                f"{row['adapter']['mean']:.3f} {_change(row)}"
+            )
+        lines.append(f"{TRACK_LABELS.get(track, track)}: " + "; ".join(parts))
     return lines
+
+
+def _change(row: dict) -> str:
+    """``(Δ +0.050, 95% CI [+0.010, +0.090], n=120: better)`` for a family's row."""
+    diff = row["difference"]
+    verdict = "better" if diff["improved"] else "WORSE" if diff["worse"] else "no clear change"
+    return (
+        f"(Δ {diff['mean']:+.3f}, 95% CI [{diff['low']:+.3f}, {diff['high']:+.3f}], "
+        f"n={row['base']['n']}: {verdict})"
+    )
 
 
 def plot_headline(metrics: dict, path: Path) -> Path | None:
@@ -200,7 +236,7 @@ def _yes_no_summary(metrics: dict) -> str:
 
 
 def _track_notes(metrics: dict) -> list[str]:
-    """What the recall track is, and the yes-rates: lines under the headline."""
+    """What the recall and general tracks are, and the yes-rates: lines under the headline."""
     notes = []
     recall = metrics.get("recall")
     if recall:
@@ -209,8 +245,26 @@ def _track_notes(metrics: dict) -> list[str]:
             "title, in wordings that no training pair uses (the only items from training "
             "documents)"
         )
+    general = metrics.get("general")
+    if general:
+        topics = ", ".join(t.replace("_", " ") for t in general["by_topic"])
+        notes.append(
+            f"general: {general['n']} fixed out-of-domain questions ({topics}), each scored by "
+            "option likelihood and by the loss of a short reference answer; never trained on, "
+            "so a drop is forgetting"
+        )
     rates = yes_rate_text(metrics)
     return [*notes, rates] if rates else notes
+
+
+def _general_groups(metrics: dict) -> dict:
+    """The general track per topic, as rows of a group table."""
+    general = metrics.get("general") or {"by_topic": {}}
+    return {
+        f"{topic} ({'NLL' if metric == 'answer_nll' else metric})": row
+        for topic, rows in general["by_topic"].items()
+        for metric, row in rows.items()
+    }
 
 
 def _num(value: float | None) -> str:
@@ -231,7 +285,12 @@ def render_markdown(metrics: dict, plots: dict[str, Path]) -> str:
         f"Held-out test documents only ({items['refused_training_documents']} items refused "
         f"because their document was in the training split). {items['choice']} option items, "
         f"{items['open']} open items ({items['generated']} answered by greedy generation), "
-        f"{items['sanity']} sanity items. Seed {metrics['seed']}.",
+        f"{items['sanity']} sanity items, {items.get('general', 0)} general items. "
+        f"Seed {metrics['seed']}.",
+        "",
+        "## Tracks (base → adapter)",
+        "",
+        *[f"- {line}" for line in track_text(metrics)],
         "",
         "## Headline",
         "",
@@ -244,6 +303,11 @@ def render_markdown(metrics: dict, plots: dict[str, Path]) -> str:
         out += ["## Yes/no questions, per category", "", _yes_no_summary(metrics), ""]
         out += ["| " + " | ".join(GROUP_HEADER) + " |", "|---" * 6 + "|"]
         out += ["| " + " | ".join(r) + " |" for r in _group_table(metrics["yes_no"]["by_category"])]
+        out.append("")
+    if general := _general_groups(metrics):
+        out += ["## General questions, per topic (reported, not gated)", ""]
+        out += ["| " + " | ".join(GROUP_HEADER) + " |", "|---" * 6 + "|"]
+        out += ["| " + " | ".join(r) + " |" for r in _group_table(general)]
         out.append("")
     out += ["## Strength sweep", "", "| strength | option accuracy | answer NLL |", "|---|---|---|"]
     for r in metrics["sweep"]:
@@ -313,7 +377,10 @@ def render_html(metrics: dict, plots: dict[str, Path]) -> str:
         f"<p>Held-out test documents only: {items['refused_training_documents']} items refused "
         f"because their document trained the adapter. {items['choice']} option items, "
         f"{items['open']} open items ({items['generated']} generated), {items['sanity']} "
-        "sanity items.</p>",
+        f"sanity items, {items.get('general', 0)} general items.</p>",
+        "<h2>Tracks (base → adapter)</h2><ul>",
+        *(f"<li>{esc(line)}</li>" for line in track_text(metrics)),
+        "</ul>",
         "<h2>Headline</h2><ul>",
         *(f"<li>{esc(line)}</li>" for line in headline_text(metrics)),
         *(f"<li>{esc(line)}</li>" for line in _track_notes(metrics)),
@@ -329,6 +396,14 @@ def render_html(metrics: dict, plots: dict[str, Path]) -> str:
                 table(GROUP_HEADER, _group_table(metrics["yes_no"]["by_category"])),
             ]
             if metrics.get("yes_no")
+            else []
+        ),
+        *(
+            [
+                "<h2>General questions, per topic (reported, not gated)</h2>",
+                table(GROUP_HEADER, _group_table(_general_groups(metrics))),
+            ]
+            if _general_groups(metrics)
             else []
         ),
         "<h2>Strength sweep</h2>",

@@ -1,9 +1,14 @@
 """``lexlora eval RECIPE``: base vs adapter on held-out documents, a strength sweep, a report.
 
-Reads top to bottom: select held-out items (refusing any whose document trained the adapter) →
-score the base and the adapter (option log-likelihoods, answer loss, greedy generations) → sweep
-the adapter's strength (0 must equal the base: verified) → aggregate with bootstrap intervals and
-paired differences → write ``reports/RECIPE/EVAL_ID/``.
+Reads top to bottom: select held-out items (refusing any whose document trained the adapter) and
+the fixed tracks (sanity, recall, general) → score the base and the adapter (option
+log-likelihoods, answer loss, greedy generations) → sweep the adapter's strength (0 must equal
+the base: verified) → aggregate with bootstrap intervals and paired differences → write
+``reports/RECIPE/EVAL_ID/``.
+
+Tracks (``metrics["tracks"]``, each a list of headline families): *reading* (held-out documents,
+the text in the prompt), *recall* (training documents, closed-book, held-out wordings) and
+*general* (out-of-domain questions: a drop is forgetting).
 """
 
 from __future__ import annotations
@@ -22,13 +27,13 @@ from lexlora.eval.gate import gate_verdict
 from lexlora.eval.report import write_report
 from lexlora.eval.scores import (
     choice_correct,
-    compare,
+    comparison,
     generation_scores,
     perplexity,
-    summarize,
 )
 from lexlora.eval.tasks import (
     EvalItem,
+    load_general,
     load_recall,
     load_sanity,
     load_spec,
@@ -39,6 +44,23 @@ from lexlora.eval.yesno import is_yes_no, yes_no_metrics
 from lexlora.recipe import Recipe
 
 SCALE0_TOLERANCE = 1e-4
+# headline families → (metric, where its per-item scores are in raw[model])
+FAMILIES = {
+    "choice_accuracy": ("accuracy", lambda r: r["choice"]),
+    "answer_nll": ("answer_nll", lambda r: r["nll"]),
+    "token_f1": ("token_f1", lambda r: r["generation"]["token_f1"]),
+    "exact_match": ("exact_match", lambda r: r["generation"]["exact_match"]),
+    "rouge_l": ("rouge_l", lambda r: r["generation"]["rouge_l"]),
+    "sanity_accuracy": ("accuracy", lambda r: r["sanity"]),
+    "general_accuracy": ("accuracy", lambda r: r["general"]),
+    "general_answer_nll": ("answer_nll", lambda r: r["general_nll"]),
+}
+# track → the headline families that measure it, in order of preference
+TRACKS = {
+    "reading": ("yes_no_balanced_accuracy", "choice_accuracy"),
+    "recall": ("recall_balanced_accuracy", "recall_accuracy"),
+    "general": ("general_accuracy", "general_answer_nll"),
+}
 
 
 @dataclass
@@ -63,6 +85,7 @@ def evaluate(
     items, refused = select_items(data_dir, spec, seed, recipe.eval.max_items)
     sanity, sanity_refused = load_sanity(spec, data_dir)
     recall = load_recall(spec, data_dir, _builder_options(recipe, spec))
+    general, general_open, general_refused = load_general(spec, data_dir)
     if not items:
         raise LexloraError(f"{data_dir}/test.jsonl: no held-out items for the tasks in eval/")
     choice = [i for i in items if i.kind == "choice"]
@@ -74,8 +97,9 @@ def evaluate(
     gen_items = [open_items[i] for i in generated]
     log(
         f"eval: {len(choice)} choice, {len(open_items)} open ({len(gen_items)} generated), "
-        f"{len(sanity)} sanity, {len(recall)} recall items; {refused + sanity_refused} refused "
-        "(training documents)"
+        f"{len(sanity)} sanity, {len(recall)} recall, {len(general)} general items; "
+        f"{refused + sanity_refused} refused (training documents)"
+        + (f", {general_refused} general refused (in training prompts)" if general_refused else "")
     )
 
     raw = {}
@@ -86,6 +110,8 @@ def evaluate(
                 "choice": choice_correct(choice, scorer.choice_logprobs(choice)),
                 "sanity": choice_correct(sanity, scorer.choice_logprobs(sanity)),
                 "recall": choice_correct(recall, scorer.choice_logprobs(recall)),
+                "general": choice_correct(general, scorer.choice_logprobs(general)),
+                "general_nll": scorer.answer_nll(general_open),
                 "nll": scorer.answer_nll(open_items),
                 "generation": generation_scores(
                     gen_items, outputs := scorer.generate(gen_items, spec.max_new_tokens)
@@ -97,6 +123,11 @@ def evaluate(
     yes_no = _yes_no_subset(choice, raw, "choice", seed)
     recall_metrics = _yes_no_subset(recall, raw, "recall", seed)
     sanity_metrics = _yes_no_subset(sanity, raw, "sanity", seed)
+    headline = (
+        _headline(raw, seed)
+        | _yes_no_headline(yes_no, "yes_no")
+        | _yes_no_headline(recall_metrics, "recall")
+    )
     metrics = {
         "recipe": recipe.name,
         "adapter": adapter_label,
@@ -108,15 +139,17 @@ def evaluate(
             "generated": len(gen_items),
             "sanity": len(sanity),
             "recall": len(recall),
+            "general": len(general),
             "refused_training_documents": refused + sanity_refused,
+            "refused_general_in_training": general_refused,
             "by_task": _count_by(items, "task"),
         },
-        "headline": _headline(raw, seed)
-        | _yes_no_headline(yes_no, "yes_no")
-        | _yes_no_headline(recall_metrics, "recall"),
+        "headline": headline,
+        "tracks": _tracks(headline),
         "yes_no": yes_no,
         "recall": recall_metrics,
         "sanity_yes_no": sanity_metrics,
+        "general": _general_by_topic(general, general_open, raw, seed),
         "tasks": _by_group(items, choice, open_items, raw, "task", seed),
         "builders": _by_group(items, choice, open_items, raw, "builder", seed),
         "sweep": sweep_rows,
@@ -133,25 +166,12 @@ def evaluate(
 
 def _headline(raw: dict, seed: int) -> dict:
     """Pooled metric families: base, adapter (mean and 95% interval) and the paired difference."""
-    families = {
-        "choice_accuracy": ("accuracy", lambda r: r["choice"]),
-        "answer_nll": ("answer_nll", lambda r: r["nll"]),
-        "token_f1": ("token_f1", lambda r: r["generation"]["token_f1"]),
-        "exact_match": ("exact_match", lambda r: r["generation"]["exact_match"]),
-        "rouge_l": ("rouge_l", lambda r: r["generation"]["rouge_l"]),
-        "sanity_accuracy": ("accuracy", lambda r: r["sanity"]),
-    }
     out = {}
-    for name, (metric, get) in families.items():
+    for name, (metric, get) in FAMILIES.items():
         base, adapter = get(raw["base"]), get(raw["adapter"])
         if not base or any(math.isnan(v) for v in base + adapter):
             continue  # none scored, or the endpoint cannot give likelihoods
-        row = {
-            "metric": metric,
-            "base": summarize(base, seed),
-            "adapter": summarize(adapter, seed),
-            "difference": compare(adapter, base, metric, seed),
-        }
+        row = comparison(adapter, base, metric, seed)
         if metric == "answer_nll":
             row["perplexity"] = {
                 "base": perplexity(row["base"]),
@@ -159,6 +179,35 @@ def _headline(raw: dict, seed: int) -> dict:
             }
         out[name] = row
     return out
+
+
+def _tracks(headline: dict) -> dict[str, list[str]]:
+    """Each track's headline families that this evaluation has (a track with none is absent)."""
+    tracks = {name: [f for f in families if f in headline] for name, families in TRACKS.items()}
+    if {"recall_balanced_accuracy", "recall_accuracy"} <= set(tracks.get("recall", ())):
+        tracks["recall"].remove("recall_accuracy")  # the balanced one says it better
+    return {name: families for name, families in tracks.items() if families}
+
+
+def _general_by_topic(choice: list[EvalItem], open_items: list[EvalItem], raw: dict, seed: int):
+    """The general track per topic (option accuracy and answer NLL): where forgetting shows.
+    Topics are small (~12 items): reported, not gated."""
+    if not choice:
+        return None
+    out: dict[str, dict] = {}
+    for subset, field, metric in (
+        (choice, "general", "accuracy"),
+        (open_items, "general_nll", "answer_nll"),
+    ):
+        index: dict[str, list[int]] = defaultdict(list)
+        for n, item in enumerate(subset):
+            index[item.category or "(none)"].append(n)
+        for topic, rows in sorted(index.items()):
+            base = [raw["base"][field][n] for n in rows]
+            adapter = [raw["adapter"][field][n] for n in rows]
+            if not any(math.isnan(v) for v in base + adapter):
+                out.setdefault(topic, {})[metric] = comparison(adapter, base, metric, seed)
+    return {"n": len(choice), "by_topic": out}
 
 
 def _yes_no_subset(items: list[EvalItem], raw: dict, field: str, seed: int) -> dict | None:
@@ -212,13 +261,8 @@ def _by_group(items, choice, open_items, raw, key: str, seed: int) -> dict:
             adapter = [raw["adapter"][field][n] for n in rows]
             if any(math.isnan(v) for v in base + adapter):
                 continue
-            groups[f"{name}" if key == "task" else f"{name} ({kind})"] = {
-                "kind": kind,
-                "metric": metric,
-                "base": summarize(base, seed),
-                "adapter": summarize(adapter, seed),
-                "difference": compare(adapter, base, metric, seed),
-            }
+            name = f"{name}" if key == "task" else f"{name} ({kind})"
+            groups[name] = {"kind": kind, **comparison(adapter, base, metric, seed)}
     return dict(sorted(groups.items()))
 
 

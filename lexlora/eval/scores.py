@@ -66,6 +66,17 @@ def compare(adapter: Sequence[float], base: Sequence[float], metric: str, seed: 
     }
 
 
+def comparison(adapter: Sequence[float], base: Sequence[float], metric: str, seed: int = 0) -> dict:
+    """One family's row: ``metric``, base and adapter (:func:`summarize`) and their paired
+    difference (:func:`compare`), over the same items."""
+    return {
+        "metric": metric,
+        "base": summarize(base, seed),
+        "adapter": summarize(adapter, seed),
+        "difference": compare(adapter, base, metric, seed),
+    }
+
+
 def perplexity(nll_summary: dict[str, float]) -> dict[str, float]:
     """Answer perplexity from per-item mean NLL (exp of the mean and of its interval)."""
     return {k: (math.exp(v) if k in ("mean", "low", "high") else v) for k, v in nll_summary.items()}

@@ -4,18 +4,24 @@ Each test pair has a ``meta.task`` (definition, category, code_to_description, .
 scored either as ``choice`` (the options are in the pair: accuracy by log-likelihood of each option)
 or ``open`` (answer perplexity on the reference; exact match, token F1 and ROUGE-L of a greedy
 generation on a subset). Items whose document is in the training split are refused.
+
+Beside the held-out pairs (the *reading* track), three fixed sets: ``sanity`` (independently
+labelled yes/no items about held-out documents), ``recall`` (closed-book questions about training
+documents in held-out wordings) and ``general`` (out-of-domain questions shipped in
+``eval/general/``, never trained on: a drop there is forgetting).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lexlora.errors import LexloraError
 from lexlora.io import read_jsonl
@@ -36,8 +42,10 @@ class RecallSpec(BaseModel):
     builders: list[str] = Field(
         default_factory=lambda: ["knowledge", "clause_presence"],
         min_length=1,
-        description="Where the facts (document, category, Yes/No) come from: the first of these "
-        "builders that has training pairs.",
+        description="Where the facts come from: the first of these builders that has training "
+        "pairs. Yes/No pairs (knowledge, clause_presence) give (document, category, Yes/No); "
+        "code pairs (icd_code_to_description, icd_description_to_code) give (document, code, "
+        "description).",
     )
     max_items: int = Field(240, gt=1, le=100_000, description="Balanced: half Yes, half No.")
     presence: list[str] = Field(
@@ -46,7 +54,36 @@ class RecallSpec(BaseModel):
     label: list[str] = Field(
         default_factory=list, description="Wordings with {title}, {value} and {noun}."
     )
+    code: list[str] = Field(
+        default_factory=list,
+        description="Wordings with {code} and {description}: Yes with the code's own "
+        "description, No with another code's of the same document.",
+    )
     suffix: str = "Reply Yes or No first."
+
+    @field_validator("presence", "label", "code")
+    @classmethod
+    def _placeholders(cls, wordings: list[str], info) -> list[str]:
+        required, optional = RECALL_FIELDS[info.field_name]
+        for wording in wordings:
+            names = {name for _, name, _, _ in string.Formatter().parse(wording) if name}
+            if not required <= names <= required | optional:
+                expected = ", ".join("{" + n + "}" for n in sorted(required))
+                extra = f" (and optionally {', '.join('{' + n + '}' for n in optional)})"
+                raise ValueError(
+                    f"{wording!r}: expected the placeholders {expected}{extra if optional else ''}"
+                )
+        return wordings
+
+
+# a recall wording list → the placeholders it must have, and those it may have
+RECALL_FIELDS: dict[str, tuple[set[str], set[str]]] = {
+    "presence": ({"title", "absent"}, set()),
+    "label": ({"title", "value"}, {"noun"}),
+    "code": ({"code", "description"}, set()),
+}
+CODE_TASKS = ("code_to_description", "description_to_code")  # the ICD code builders' tasks
+CODE_CATEGORY = "code ↔ description"
 
 
 class EvalSpec(BaseModel):
@@ -56,6 +93,98 @@ class EvalSpec(BaseModel):
     max_new_tokens: int = Field(48, gt=0)
     sanity: str | None = Field(None, description="Fixed, independently labelled items (JSONL).")
     recall: RecallSpec | None = None
+    general: str | None = Field(
+        None, description="Out-of-domain questions (JSONL, see GeneralItem), never trained on."
+    )
+
+
+class AnsweredRow(BaseModel):
+    """A question with its options, exactly one of which (``answer``) is correct."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=5)
+    choices: list[str] = Field(min_length=2, max_length=6)
+    answer: str
+
+    @field_validator("choices")
+    @classmethod
+    def _distinct(cls, choices: list[str]) -> list[str]:
+        if any(not c.strip() for c in choices):
+            raise ValueError("an option is empty")
+        if len({c.strip().lower() for c in choices}) != len(choices):
+            raise ValueError("options must be distinct")
+        return choices
+
+    @field_validator("answer")
+    @classmethod
+    def _one_of_the_options(cls, answer: str, info) -> str:
+        choices = info.data.get("choices")
+        if choices is not None and answer not in choices:
+            raise ValueError(f"expected one of the options {choices}")
+        return answer
+
+
+class SanityRow(AnsweredRow):
+    """One line of ``eval/sanity/*.jsonl`` (written by ``scripts/make_sanity_sets.py``)."""
+
+    doc_id: str = Field(min_length=1, description="The held-out document the question is about.")
+    about: str | None = Field(None, description="The metadata the label comes from.")
+
+
+GENERAL_TOPICS = ("everyday", "arithmetic", "science", "geography", "language", "common_sense")
+
+
+class GeneralItem(AnsweredRow):
+    """One line of ``eval/general/*.jsonl``: an out-of-domain question, its 3-4 options (the
+    correct one, ``answer``, at a varied position) and a short reference answer."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    topic: Literal[GENERAL_TOPICS]
+    reference: str = Field(min_length=1, description="Short reference answer (answer loss).")
+
+    @field_validator("choices")
+    @classmethod
+    def _three_or_four(cls, choices: list[str]) -> list[str]:
+        if not 3 <= len(choices) <= 4:
+            raise ValueError(f"expected 3 or 4 options, found {len(choices)}")
+        return choices
+
+
+Row = TypeVar("Row", bound=BaseModel)
+
+
+def read_rows(path: Path, model: type[Row], unique: tuple[str, ...] = ()) -> list[Row]:
+    """The lines of a JSONL file validated by ``model``. A bad line is a one-line LexloraError
+    naming the file, the line and the field; so is a repeated value of a ``unique`` field."""
+    if not path.is_file():
+        raise LexloraError(f"{path}: file not found")
+    rows: list[Row] = []
+    seen: dict[tuple[str, str], int] = {}
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = model.model_validate_json(line)
+            except ValidationError as exc:
+                raise LexloraError(f"{path}:{lineno}: {_describe(exc)}") from None
+            for name in unique:
+                key = (name, str(getattr(row, name)).strip().lower())
+                if key in seen:
+                    raise LexloraError(f"{path}:{lineno}: field '{name}': same as line {seen[key]}")
+                seen[key] = lineno
+            rows.append(row)
+    return rows
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first error of a validation as ``field 'a.b': what was expected`` (one line)."""
+    err = exc.errors()[0]
+    if err["type"] == "json_invalid":
+        return f"invalid JSON ({err['ctx'].get('error', 'malformed')})"
+    where = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"field '{where}': {msg[0].lower() + msg[1:]}" if where else msg
 
 
 @dataclass(frozen=True)
@@ -95,11 +224,10 @@ def load_spec(path: Path) -> EvalSpec:
     try:
         spec = EvalSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise LexloraError(f"{path}: field '{where}': {err['msg'].lower()}") from None
-    if spec.sanity is not None:
-        spec.sanity = str(path.parent / spec.sanity)
+        raise LexloraError(f"{path}: {_describe(exc)}") from None
+    for field in ("sanity", "general"):  # relative to the spec's folder
+        if getattr(spec, field) is not None:
+            setattr(spec, field, str(path.parent / getattr(spec, field)))
     return spec
 
 
@@ -143,75 +271,107 @@ def load_sanity(spec: EvalSpec, data_dir: Path) -> tuple[list[EvalItem], int]:
         return [], 0
     path = Path(spec.sanity)
     train_docs = training_documents(data_dir)
-    items, refused = [], 0
-    for n, row in enumerate(read_jsonl(path)):
-        if row["doc_id"] in train_docs:
-            refused += 1
-            continue
-        items.append(
+    rows = read_rows(path, SanityRow, unique=("question",))
+    items = [
+        EvalItem(
+            id=f"sanity:{n}",
+            doc_id=row.doc_id,
+            task="sanity",
+            builder="sanity",
+            kind="choice",
+            prompt=[{"role": "user", "content": row.question}],
+            reference=row.answer,
+            choices=tuple(row.choices),
+            label=row.answer,
+            category=row.about,
+        )
+        for n, row in enumerate(rows)
+        if row.doc_id not in train_docs
+    ]
+    return items, len(rows) - len(items)
+
+
+def load_general(spec: EvalSpec, data_dir: Path) -> tuple[list[EvalItem], list[EvalItem], int]:
+    """The general track: each out-of-domain question once as an option item (options listed in
+    the prompt, scored by log-likelihood) and once as an open item (the bare question, scored by
+    the loss of its reference answer). Returns both lists and how many questions were refused
+    because a training prompt contains them (these items must never be trained on)."""
+    if spec.general is None:
+        return [], [], 0
+    rows = read_rows(Path(spec.general), GeneralItem, unique=("id", "question"))
+    trained = "\n".join(training_questions(data_dir))
+    kept = [row for row in rows if row.question not in trained]
+    choice, open_items = [], []
+    for row in kept:
+        common = {"doc_id": f"general:{row.id}", "task": "general", "builder": "general"}
+        options = "; ".join(row.choices)
+        choice.append(
             EvalItem(
-                id=f"sanity:{n}",
-                doc_id=row["doc_id"],
-                task="sanity",
-                builder="sanity",
+                id=f"general:{row.id}",
                 kind="choice",
-                prompt=[{"role": "user", "content": row["question"]}],
-                reference=row["answer"],
-                choices=tuple(row["choices"]),
-                label=row["answer"],
+                prompt=[
+                    {"role": "user", "content": f"{row.question} Answer with one of: {options}."}
+                ],
+                reference=row.answer,
+                choices=tuple(row.choices),
+                label=row.answer,
+                category=row.topic,
+                **common,
             )
         )
-    return items, refused
+        open_items.append(
+            EvalItem(
+                id=f"general:{row.id}:open",
+                kind="open",
+                prompt=[{"role": "user", "content": row.question}],
+                reference=row.reference,
+                category=row.topic,
+                **common,
+            )
+        )
+    return choice, open_items, len(rows) - len(kept)
+
+
+def training_questions(data_dir: Path) -> list[str]:
+    """The user message of every training pair (all of a plain-text row)."""
+    return [_question(row) for row in read_jsonl(data_dir / "train.jsonl")]
 
 
 def load_recall(spec: EvalSpec, data_dir: Path, builder_options: dict) -> list[EvalItem]:
-    """The recall items: each distinct fact (document, category → Yes/No) that the first listed
-    builder with training pairs taught (a reading pair's clause label is the same fact as a
-    closed-book one), asked once in a seeded held-out wording; as many Yes as No, up to
-    ``recall.max_items``. A wording that equals any training question is never used.
+    """The recall items: distinct facts that the first listed builder with training pairs taught,
+    each asked once in a seeded held-out wording; as many Yes as No, up to ``recall.max_items``.
+    A wording that equals any training question is never used. Facts are either (document,
+    category → Yes/No) of yes/no pairs (a reading pair's clause label is the same fact as a
+    closed-book one) or (document, code, description) of the ICD code pairs.
     ``builder_options``: the enabled builders' options, by name (for the taxonomy and noun)."""
     recall = spec.recall
     if recall is None:
         return []
-    from lexlora.data.builders.knowledge import LABEL, PRESENCE, presence_phrase
-    from lexlora.data.taxonomy import load_taxonomy
-
-    facts_by_builder: dict[str, dict[tuple[str, str, str], str]] = {}
     trained: set[str] = set()
+    facts: dict[str, dict[tuple, str]] = {}  # builder → fact → Yes/No (or "" for a code)
     for row in read_jsonl(data_dir / "train.jsonl"):
         meta = row["meta"]
-        trained.add(next(m["content"] for m in row["messages"] if m["role"] == "user"))
-        if meta["builder"] in builder_options and meta.get("label") in ("Yes", "No"):
-            task = LABEL if meta["task"] == LABEL else PRESENCE
-            key = (meta["doc_id"], task, meta["category"])
-            facts_by_builder.setdefault(meta["builder"], {})[key] = meta["label"]
-    source = next((b for b in recall.builders if facts_by_builder.get(b)), None)
+        trained.add(_question(row))
+        if meta["builder"] not in builder_options:
+            continue
+        if meta.get("label") in ("Yes", "No"):
+            key = (meta["doc_id"], _yes_no_task(meta["task"]), meta["category"])
+            facts.setdefault(meta["builder"], {})[key] = meta["label"]
+        elif meta["task"] in CODE_TASKS:
+            facts.setdefault(meta["builder"], {})[(meta["doc_id"], *meta["span"])] = ""
+    source = next((b for b in recall.builders if facts.get(b)), None)
     if source is None:
         return []
-    facts = facts_by_builder[source]
-    titles = {d["id"]: d["title"] for d in read_jsonl(data_dir / "documents.jsonl")}
-    options = builder_options[source]
-    taxonomy = load_taxonomy(options["taxonomy"]) if options.get("taxonomy") else None
-    noun = options.get("label_noun") or "category"
+    documents = {d["id"]: d for d in read_jsonl(data_dir / "documents.jsonl")}
     rng = random.Random("recall")
-    by_label: dict[str, list[tuple[str, str, str]]] = {"Yes": [], "No": []}
-    for key in sorted(facts):
-        by_label[facts[key]].append(key)
-    k = min(len(by_label["Yes"]), len(by_label["No"]), recall.max_items // 2)
-    chosen = sorted((key, label) for label, keys in by_label.items() for key in rng.sample(keys, k))
+    if all(label == "" for label in facts[source].values()):
+        asked = _code_questions(recall, facts[source], documents, rng)
+    else:
+        asked = _yes_no_questions(recall, facts[source], documents, builder_options[source], rng)
     items = []
-    for n, ((doc_id, task, category), label) in enumerate(chosen):
-        title = titles[doc_id]
-        if task == PRESENCE and taxonomy is not None and recall.presence:
-            absent = presence_phrase(taxonomy, category)
-            wordings = [t.format(title=title, absent=absent) for t in recall.presence]
-        elif task == LABEL and recall.label:
-            wordings = [t.format(title=title, value=category, noun=noun) for t in recall.label]
-        else:
-            continue
-        wordings = [
-            f"{w} {recall.suffix}" for w in wordings if f"{w} {recall.suffix}" not in trained
-        ]
+    for n, (doc_id, wordings, label, category) in enumerate(asked):
+        wordings = [f"{w} {recall.suffix}" for w in wordings]
+        wordings = [w for w in wordings if w not in trained]
         if not wordings:
             continue
         items.append(
@@ -225,10 +385,97 @@ def load_recall(spec: EvalSpec, data_dir: Path, builder_options: dict) -> list[E
                 reference=label,
                 choices=("Yes", "No"),
                 label=label,
-                category=category if task == PRESENCE else f"{noun}: {category}",
+                category=category,
             )
         )
     return items
+
+
+Question = tuple[str, list[str], str, str]  # document, wordings, Yes/No, category
+
+
+def _yes_no_questions(
+    recall: RecallSpec, facts: dict, documents: dict, options: dict, rng: random.Random
+) -> list[Question]:
+    """Presence and label facts: k Yes and k No facts, each in every applicable wording."""
+    from lexlora.data.builders.knowledge import LABEL, PRESENCE, presence_phrase
+    from lexlora.data.taxonomy import load_taxonomy
+
+    taxonomy = load_taxonomy(options["taxonomy"]) if options.get("taxonomy") else None
+    noun = options.get("label_noun") or "category"
+    by_label: dict[str, list[tuple[str, str, str]]] = {"Yes": [], "No": []}
+    for key in sorted(facts):
+        by_label[facts[key]].append(key)
+    k = min(len(by_label["Yes"]), len(by_label["No"]), recall.max_items // 2)
+    chosen = sorted((key, label) for label, keys in by_label.items() for key in rng.sample(keys, k))
+    asked = []
+    for (doc_id, task, category), label in chosen:
+        title = documents[doc_id]["title"]
+        if task == PRESENCE and taxonomy is not None and recall.presence:
+            absent = presence_phrase(taxonomy, category)
+            wordings = [t.format(title=title, absent=absent) for t in recall.presence]
+            asked.append((doc_id, wordings, label, category))
+        elif task == LABEL and recall.label:
+            wordings = [t.format(title=title, value=category, noun=noun) for t in recall.label]
+            asked.append((doc_id, wordings, label, f"{noun}: {category}"))
+    return asked
+
+
+def _code_questions(
+    recall: RecallSpec, facts: dict, documents: dict, rng: random.Random
+) -> list[Question]:
+    """Code facts (the code line a training pair was made from): half asked with the code's own
+    description (Yes), half with another code's description from the same document (No; never
+    one that equals or extends the code's own)."""
+    from lexlora.corpora.icd10cm import CODE_LINE_RE
+
+    if not recall.code:
+        return []
+    codes: dict[str, list[tuple[str, str]]] = {}  # document → its (code, description) lines
+    taught: dict[str, tuple[str, str, str]] = {}  # code → (document, code, description)
+    for doc_id, start, end in sorted(facts):
+        text = documents[doc_id]["text"]
+        if doc_id not in codes:
+            lines = (CODE_LINE_RE.match(line) for line in text.split("\n"))
+            codes[doc_id] = [(m[2], m[3].strip()) for m in lines if m]
+        line = CODE_LINE_RE.match(text[start:end])
+        if line:
+            taught.setdefault(line[2], (doc_id, line[2], line[3].strip()))
+
+    def distractors(doc_id: str, desc: str) -> list[str]:
+        own = desc.lower()
+        return sorted(
+            {
+                d
+                for _, d in codes[doc_id]
+                if not (own.startswith(d.lower()) or d.lower().startswith(own))
+            }
+        )
+
+    eligible = [fact for _, fact in sorted(taught.items()) if distractors(fact[0], fact[2])]
+    k = min(len(eligible) // 2, recall.max_items // 2)
+    chosen = rng.sample(eligible, 2 * k)
+    asked = []
+    for n, (doc_id, code, desc) in enumerate(chosen):
+        label = "Yes" if n < k else "No"
+        shown = desc if label == "Yes" else rng.choice(distractors(doc_id, desc))
+        wordings = [t.format(code=code, description=shown) for t in recall.code]
+        asked.append((doc_id, wordings, label, CODE_CATEGORY))
+    return sorted(asked, key=lambda q: (q[0], q[1][0]))
+
+
+def _yes_no_task(task: str) -> str:
+    """A yes/no pair's fact kind: a metadata label, or the presence of a clause."""
+    from lexlora.data.builders.knowledge import LABEL, PRESENCE
+
+    return LABEL if task == LABEL else PRESENCE
+
+
+def _question(row: dict) -> str:
+    """What a training row prompts with: its user message, or all of a plain-text row."""
+    if row.get("text") is not None:
+        return row["text"]
+    return next((m["content"] for m in row.get("messages") or () if m["role"] == "user"), "")
 
 
 def _item(item_id: str, row: dict, kind: str) -> EvalItem:

@@ -4,7 +4,9 @@
 2. model: resolve the base, load it (4-bit NF4 on CUDA with ``quantization: auto``, full
    precision on CPU) and say which;
 3. LoRA: a new adapter on ``lora.target_modules``, or continue ``train.init_adapter``;
-4. train with SFTTrainer (completion-only loss, packing), checkpointing; Ctrl-C saves and stops;
+4. train with SFTTrainer on chat pairs (loss on the answer), reading rows (loss on every token)
+   and, with ``train.replay``, the base model's own answers to general prompts (generated in
+   step 2, before the LoRA; cached), packed; checkpointing; Ctrl-C saves and stops;
 5. evaluate the adapter and the base model on the held-out validation pairs;
 6. write ``adapter/`` atomically and ``summary.json``.
 """
@@ -39,9 +41,10 @@ from lexlora.train.callbacks import (
     MetricsFileCallback,
     ProgressCallback,
 )
-from lexlora.train.dataset import ensure_dataset, load_split
+from lexlora.train.dataset import ensure_dataset, read_pairs, tokenized_dataset
 from lexlora.train.memory import check_max_length
 from lexlora.train.model_setup import LoadedBase, load_base, prepare_for_training
+from lexlora.train.replay import replay_pairs
 from lexlora.train.run_dir import latest_checkpoint, latest_run_dir, starting_run
 
 
@@ -102,14 +105,25 @@ def setup_training(recipe: Recipe, resume: bool, console: Console) -> TrainingSe
     console.print(f"model: {recipe.model.base} → {base.description}")
     if not base.cuda and not base.quantized:
         console.print("no CUDA GPU: training on the CPU in full precision (float32)")
-    model, peft_config = prepare_for_training(base, recipe)
 
     t = recipe.train
-    train_data = load_split(data_dir, "train")
-    eval_data = load_split(data_dir, "validation", limit=t.max_eval_samples, seed=t.seed)
-    if len(train_data) < t.batch_size:
+    train_rows = read_pairs(data_dir, "train")
+    if len(train_rows) < t.batch_size:
         raise LexloraError(
-            f"train.batch_size={t.batch_size} is larger than the {len(train_data)} training pairs"
+            f"train.batch_size={t.batch_size} is larger than the {len(train_rows)} training pairs"
+        )
+    with state.main_process_first():  # the base model answers, before the LoRA is attached
+        replay = replay_pairs(recipe, base, len(train_rows), log=console.print)
+    model, peft_config = prepare_for_training(base, recipe)
+    train_data = tokenized_dataset([*train_rows, *replay], base.tokenizer)
+    eval_data = tokenized_dataset(
+        read_pairs(data_dir, "validation"), base.tokenizer, limit=t.max_eval_samples, seed=t.seed
+    )
+    cut = sum(len(ids) > t.max_length for ids in train_data["input_ids"])
+    if cut:
+        console.print(
+            f"train: {cut} of {len(train_data)} training rows are longer than "
+            f"train.max_length={t.max_length} and are cut to it"
         )
 
     interrupt = InterruptCallback()

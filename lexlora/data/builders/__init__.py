@@ -1,7 +1,8 @@
 """Pair builders: each turns one document into instruction pairs with provenance.
 
 A builder is a function ``build(view, cfg, ctx) -> list[Pair]``; recipes select and weight them by
-the names below under ``data.builders``.
+the names below under ``data.builders``. Most return chat pairs; ``reading`` returns plain-text rows
+(trained on every token, see :mod:`lexlora.data.pairs`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from lexlora.data.builders import (
     icd10,
     knowledge,
     obligations,
+    reading,
     section_qa,
     summary,
     teacher,
@@ -33,6 +35,7 @@ BUILDERS: dict[str, Builder] = {
     "clause_classification": clause_classification.build,
     "clause_presence": clause_presence.build,
     "knowledge": knowledge.build,
+    "reading": reading.build,
     "summary": summary.build,
     "teacher": teacher.build,
     "icd_code_to_description": icd10.build_code_to_description,

@@ -1,0 +1,165 @@
+"""Benchmark what the recipe is for: base → adapter on every evaluation track, over seeds.
+
+One fresh data build (``lexlora data RECIPE``, timed), then ``lexlora train RECIPE --set
+train.seed=S`` (training and the held-out evaluation, timed together) for each seed. Every row of
+the table is read from the run's own ``metrics.json``; the baseline is the base model scored in
+the same evaluation. Tracks (``metrics.json`` headline families):
+
+- *reading*: yes/no questions about held-out documents with the excerpt in the prompt
+  (``yes_no_balanced_accuracy``);
+- *recall*: closed-book yes/no questions about training documents in held-out wordings
+  (``recall_balanced_accuracy``);
+- *general*: out-of-domain questions shipped in ``eval/general/`` (``general_accuracy``,
+  ``general_answer_nll``), when the evaluation has them;
+- *sanity*: the independently labelled yes/no set (``sanity_accuracy``).
+
+Per run it also records the gate verdict, the adapter's Yes-rate on each balanced yes/no set and
+the wall time. Prints a table and writes ``reports/bench/bench_quality.json``.
+
+    python scripts/bench_quality.py [--recipe legal_contracts] [--seeds 42 43 44]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TRACKS = {
+    "reading": "yes_no_balanced_accuracy",
+    "recall": "recall_balanced_accuracy",
+    "general": "general_accuracy",
+    "general NLL": "general_answer_nll",
+    "sanity": "sanity_accuracy",
+}
+YES_RATE_SETS = {"reading": "yes_no", "recall": "recall", "sanity": "sanity_yes_no"}
+LEXLORA = [sys.executable, "-m", "lexlora.cli"]
+
+
+def timed(cmd: list[str]) -> float:
+    """Run ``cmd`` (output streamed); its wall time in seconds. Exits on failure."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}")
+    return time.perf_counter() - start
+
+
+def newest_run(recipe: str, after: float) -> Path:
+    runs = [p for p in Path("runs", recipe).glob("*") if p.is_dir() and p.stat().st_mtime >= after]
+    if not runs:
+        sys.exit(f"no run folder under runs/{recipe} was written by the training run")
+    return max(runs, key=lambda p: p.stat().st_mtime)
+
+
+def read_metrics(run_dir: Path) -> tuple[dict, str]:
+    """The run's evaluation metrics and its report folder (named by ``eval_gate.json``)."""
+    gate = json.loads((run_dir / "eval_gate.json").read_text(encoding="utf-8"))
+    report = Path(gate["report"])
+    return json.loads((report / "metrics.json").read_text(encoding="utf-8")), str(report)
+
+
+def track_rows(metrics: dict) -> dict[str, dict]:
+    """Base, adapter and the paired difference (mean, 95% interval) of each track present."""
+    rows = {}
+    for track, family in TRACKS.items():
+        row = metrics["headline"].get(family)
+        if row is None:
+            continue
+        rows[track] = {
+            "family": family,
+            "n": row["base"]["n"],
+            "base": row["base"]["mean"],
+            "adapter": row["adapter"]["mean"],
+            "difference": [row["difference"][k] for k in ("mean", "low", "high")],
+        }
+    return rows
+
+
+def yes_rates(metrics: dict) -> dict[str, dict]:
+    out = {}
+    for name, key in YES_RATE_SETS.items():
+        block = metrics.get(key)
+        if block and block.get("balanced_accuracy") is not None:
+            out[name] = block["yes_rate"]
+    return out
+
+
+def run_seed(recipe: str, seed: int) -> dict:
+    started = time.time()
+    seconds = timed([*LEXLORA, "train", recipe, "--set", f"train.seed={seed}"])
+    metrics, report = read_metrics(newest_run(recipe, started))
+    return {
+        "seed": seed,
+        "wall_seconds": round(seconds, 1),
+        "gate_passed": metrics["gate"]["passed"],
+        "gate_flagged": [f["family"] for f in metrics["gate"]["flagged"]],
+        "tracks": track_rows(metrics),
+        "yes_rate": yes_rates(metrics),
+        "report": report,
+    }
+
+
+def print_table(recipe: str, data_seconds: float, runs: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        "seed",
+        "track",
+        "n",
+        "base",
+        "adapter",
+        "Δ [95% CI]",
+        "adapter Yes-rate",
+        title=f"quality, {recipe}: data build {data_seconds:.0f} s",
+    )
+    for run in runs:
+        for track, row in run["tracks"].items():
+            mean, low, high = row["difference"]
+            rate = run["yes_rate"].get(track)
+            table.add_row(
+                str(run["seed"]),
+                track,
+                str(row["n"]),
+                f"{row['base']:.3f}",
+                f"{row['adapter']:.3f}",
+                f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]",
+                "" if rate is None else f"{rate['adapter']:.0%} (base {rate['base']:.0%})",
+            )
+        verdict = "passed" if run["gate_passed"] else "FLAGGED " + ", ".join(run["gate_flagged"])
+        table.add_row(str(run["seed"]), f"gate {verdict}", "", "", "", "", "")
+        table.add_row(str(run["seed"]), f"wall {run['wall_seconds']:.0f} s", *[""] * 5)
+    Console().print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="legal_contracts")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--out", default="reports/bench/bench_quality.json")
+    args = parser.parse_args()
+
+    data_seconds = timed([*LEXLORA, "data", args.recipe])
+    runs = [run_seed(args.recipe, seed) for seed in args.seeds]
+    print_table(args.recipe, data_seconds, runs)
+
+    from lexlora.io import write_json
+
+    summary = {
+        "recipe": args.recipe,
+        "seeds": args.seeds,
+        "data_build_seconds": round(data_seconds, 1),
+        "runs": runs,
+        "gate_passed_all": all(r["gate_passed"] for r in runs),
+        "end_to_end_seconds_max": round(data_seconds + max(r["wall_seconds"] for r in runs), 1),
+    }
+    write_json(Path(args.out), summary)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The in-process scorer: batched yes/no scoring equals scoring each item on its own."""
+
+from __future__ import annotations
+
+import pytest
+
+from lexlora.eval.tasks import EvalItem
+
+
+def _item(n: int, question: str, choices: tuple[str, ...], label: str, reference: str) -> EvalItem:
+    return EvalItem(
+        id=f"t:{n}",
+        doc_id=f"d{n}",
+        task="t",
+        builder="b",
+        kind="choice",
+        prompt=[
+            *([{"role": "system", "content": "You answer about contracts."}] if n > 3 else []),
+            {"role": "user", "content": question},
+        ],
+        reference=reference,
+        choices=choices,
+        label=label,
+    )
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lexlora.eval.local import LocalScorer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    return LocalScorer(model, tokenizer, batch_size=3)
+
+
+def test_batched_single_token_options_match_one_by_one(scorer):
+    """Prompts of different lengths, with and without a shared system turn, share batches (the
+    common prefix encoded once, the rest right-padded); each item's option scores are those of
+    its own unpadded forward pass (and multi-token options take the cached path)."""
+    # Options that open the answer are scored alone: "A"/"B" are one byte-level token each.
+    assert len(scorer._ids("A")) == len(scorer._ids("B")) == 1
+    questions = ["Does it?", "Does the Customer pay the fees within thirty days of invoice?"]
+    items = [
+        _item(n, questions[n % 2] * (1 + n % 3), ("A", "B"), "A", "A. It does.") for n in range(7)
+    ]
+    terms = ("Payment terms", "Termination")
+    items.append(_item(7, "Which clause is it?", terms, "Termination", "Termination"))
+    batched = scorer.choice_logprobs(items)
+    for item, scores in zip(items, batched, strict=True):
+        alone = scorer._options_logprobs(item)
+        assert scores == pytest.approx(alone, abs=1e-4)
+    assert batched[0] != batched[1]  # different prompts, different scores
