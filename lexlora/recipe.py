@@ -128,7 +128,11 @@ class LoraConfig(_Section):
     rank: int = Field(16, gt=0, le=MAX_LORA_RANK)
     alpha: int = Field(32, gt=0, le=4 * MAX_LORA_RANK)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        min_length=1,
+        description='Module names, or "all-linear" (every linear layer but the output head).',
+    )
 
 
 class ReplayConfig(_Section):

@@ -143,22 +143,27 @@ def main() -> None:
     parser.add_argument("--out", default="reports/bench/bench_quality.json")
     args = parser.parse_args()
 
-    data_seconds = timed([*LEXLORA, "data", args.recipe])
-    runs = [run_seed(args.recipe, seed) for seed in args.seeds]
-    print_table(args.recipe, data_seconds, runs)
-
     from lexlora.io import write_json
 
-    summary = {
+    data_seconds = timed([*LEXLORA, "data", args.recipe])
+    runs: list[dict] = []
+    for seed in args.seeds:  # the JSON is rewritten after each seed: a long bench keeps its runs
+        runs.append(run_seed(args.recipe, seed))
+        write_json(Path(args.out), summary(args, data_seconds, runs))
+    print_table(args.recipe, data_seconds, runs)
+    print(f"wrote {args.out}")
+
+
+def summary(args: argparse.Namespace, data_seconds: float, runs: list[dict]) -> dict:
+    return {
         "recipe": args.recipe,
         "seeds": args.seeds,
+        "complete": len(runs) == len(args.seeds),
         "data_build_seconds": round(data_seconds, 1),
         "runs": runs,
         "gate_passed_all": all(r["gate_passed"] for r in runs),
         "end_to_end_seconds_max": round(data_seconds + max(r["wall_seconds"] for r in runs), 1),
     }
-    write_json(Path(args.out), summary)
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -104,20 +104,19 @@ def evaluate(
 
     raw = {}
     for label, scale in (("base", None), ("adapter", 1.0)):
-        log(f"eval: scoring the {label}")
+        timer = _PartTimer()
         with scorer.variant(scale):
             raw[label] = {
-                "choice": choice_correct(choice, scorer.choice_logprobs(choice)),
-                "sanity": choice_correct(sanity, scorer.choice_logprobs(sanity)),
-                "recall": choice_correct(recall, scorer.choice_logprobs(recall)),
-                "general": choice_correct(general, scorer.choice_logprobs(general)),
-                "general_nll": scorer.answer_nll(general_open),
-                "nll": scorer.answer_nll(open_items),
-                "generation": generation_scores(
-                    gen_items, outputs := scorer.generate(gen_items, spec.max_new_tokens)
-                ),
-                "outputs": outputs,
+                "choice": timer("choice", choice_correct, choice, scorer.choice_logprobs),
+                "sanity": timer("sanity", choice_correct, sanity, scorer.choice_logprobs),
+                "recall": timer("recall", choice_correct, recall, scorer.choice_logprobs),
+                "general": timer("general", choice_correct, general, scorer.choice_logprobs),
+                "general_nll": timer("general loss", None, general_open, scorer.answer_nll),
+                "nll": timer("answer loss", None, open_items, scorer.answer_nll),
             }
+            outputs = timer("generation", None, gen_items, scorer.generate, spec.max_new_tokens)
+            raw[label] |= {"generation": generation_scores(gen_items, outputs), "outputs": outputs}
+        log(f"eval: scored the {label} ({timer})")
 
     sweep_rows = _sweep(scorer, sweep or recipe.eval.sweep, choice, open_items, raw, log)
     yes_no = _yes_no_subset(choice, raw, "choice", seed)
@@ -162,6 +161,26 @@ def evaluate(
     eval_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     report_dir = write_report(out_root / recipe.name / eval_id, metrics)
     return EvalResult(report_dir, metrics)
+
+
+class _PartTimer:
+    """Runs each scoring part and keeps its wall time, for one log line ("choice 41 s, …")."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, then, items: list, score, *args):
+        if not items:
+            return []
+        started = time.perf_counter()
+        result = score(items, *args)
+        if then is not None:
+            result = then(items, result)
+        self.seconds[name] = time.perf_counter() - started
+        return result
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {s:.0f} s" for name, s in self.seconds.items())
 
 
 def _headline(raw: dict, seed: int) -> dict:

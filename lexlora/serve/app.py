@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -48,6 +49,8 @@ from lexlora.serve.protocol import (
 from lexlora.serve.residency import ResidentAdapters
 from lexlora.serve.state import Gateway
 from lexlora.serve.tenants import KeyDirectory
+
+STARTED = now()  # the base model's card: when this server process started
 
 log = logging.getLogger("lexlora.serve")
 
@@ -166,8 +169,7 @@ def list_models(gw: Gateway, tenant: str) -> ModelList:
     """The base model, then each of the tenant's adapters: ``name`` (latest), ``name@alias`` and
     ``name:version`` for every version."""
     base = gw.config.model_name
-    created = now()
-    cards = [ModelCard(id=base, created=created, owned_by="lexlora", root=base)]
+    cards = [ModelCard(id=base, created=STARTED, owned_by="lexlora", root=base)]
     seen: set[str] = set()
     for av in gw.catalog.adapters(tenant):
         ids = [f"{av.name}:{av.version}"] + [
@@ -177,11 +179,20 @@ def list_models(gw: Gateway, tenant: str) -> ModelList:
             if model_id not in seen:
                 seen.add(model_id)
                 card = ModelCard(
-                    id=model_id, created=created, owned_by=tenant, root=model_id, parent=base
+                    id=model_id,
+                    created=_unix(av.created_at),
+                    owned_by=tenant,
+                    root=model_id,
+                    parent=base,
                 )
                 cards.append(card)
     cards[1:] = sorted(cards[1:], key=lambda c: c.id)
     return ModelList(data=cards)
+
+
+def _unix(iso: str) -> int:
+    """A registry timestamp (ISO 8601, UTC) as the Unix seconds of an OpenAI model card."""
+    return int(datetime.fromisoformat(iso).timestamp())
 
 
 async def preload(gw: Gateway) -> None:

@@ -114,14 +114,22 @@ def lora_config(recipe: Recipe) -> LoraConfig:
         r=recipe.lora.rank,
         lora_alpha=recipe.lora.alpha,
         lora_dropout=recipe.lora.dropout,
-        target_modules=list(recipe.lora.target_modules),
+        target_modules=_targets(recipe.lora.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
     )
 
 
-def check_target_modules(model: Any, targets: list[str]) -> None:
-    """Every ``lora.target_modules`` entry must name a linear layer of the base model."""
+def _targets(targets: list[str] | str) -> list[str] | str:
+    """PEFT's form: ``"all-linear"`` stays a string (PEFT expands it), a list is copied."""
+    return targets if isinstance(targets, str) else list(targets)
+
+
+def check_target_modules(model: Any, targets: list[str] | str) -> None:
+    """Every ``lora.target_modules`` entry must name a linear layer of the base model
+    (``"all-linear"`` always does)."""
+    if isinstance(targets, str):
+        return
     linear = sorted(
         {
             name.rsplit(".", 1)[-1]
