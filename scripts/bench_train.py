@@ -73,7 +73,8 @@ def run_baseline(recipe, steps: int, out: Path) -> dict:
     from lexlora.models import resolve_base_model
 
     rows = read_jsonl(dataset_dir(recipe) / "train.jsonl")
-    data = Dataset.from_list([{"messages": row["messages"]} for row in rows])
+    # A hand-written TRL script trains chat messages; plain-text reading rows are left out.
+    data = Dataset.from_list([{"messages": row["messages"]} for row in rows if "messages" in row])
     args = SFTConfig(
         output_dir=str(out),
         max_length=recipe.train.max_length,
