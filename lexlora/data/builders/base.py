@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -121,6 +121,25 @@ def options(cfg: BuilderConfig, builder: str, defaults: dict[str, Any]) -> dict[
             f"expected one of: {', '.join(sorted(defaults)) or 'none'}"
         )
     return {**defaults, **cfg.options}
+
+
+def run_options(
+    cfg: BuilderConfig,
+    ctx: BuildContext,
+    builder: str,
+    defaults: dict[str, Any],
+    prepare: Callable[[dict[str, Any], str], None],
+) -> dict[str, Any]:
+    """The builder's options for this run: merged over ``defaults``, checked and completed by
+    ``prepare(opts, where)`` on first use (``where``: the recipe path for error messages), then
+    kept in ``ctx.state`` so every later document reuses them."""
+    cached = ctx.state.get(builder)
+    if cached is not None:
+        return cached
+    opts = options(cfg, builder, defaults)
+    prepare(opts, f"data.builders.{builder}.options")
+    ctx.state[builder] = opts
+    return opts
 
 
 def pick(rng: random.Random, items: Sequence[Any], k: int) -> list[Any]:

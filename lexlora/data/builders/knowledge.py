@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from lexlora.data.builders.base import BuildContext, DocumentView, options, pick
+from lexlora.data.builders.base import BuildContext, DocumentView, pick, run_options
 from lexlora.data.pairs import Pair, make_pair
 from lexlora.data.taxonomy import check_categories, load_taxonomy
 from lexlora.errors import LexloraError
@@ -136,11 +136,11 @@ def _ask(template: str, title: str, taxonomy, category: str, task: str, opts: di
 
 def _options(cfg: BuilderConfig, ctx: BuildContext) -> dict[str, Any]:
     """The builder's options, validated once per run (the taxonomy loaded with them)."""
-    cached = ctx.state.get(NAME)
-    if cached is not None:
-        return cached
-    opts = options(cfg, NAME, DEFAULTS)
-    where = f"data.builders.{NAME}.options"
+    return run_options(cfg, ctx, NAME, DEFAULTS, _prepare)
+
+
+def _prepare(opts: dict[str, Any], where: str) -> None:
+    """Check the options; add what later documents reuse (loaded taxonomy, run counters)."""
     if opts["taxonomy"] is None and opts["label_field"] is None:
         raise LexloraError(f"{where}: set taxonomy (clause facts), label_field, or both")
     taxonomy = load_taxonomy(opts["taxonomy"]) if opts["taxonomy"] is not None else None
@@ -154,5 +154,3 @@ def _options(cfg: BuilderConfig, ctx: BuildContext) -> dict[str, Any]:
     if opts["label_field"] is not None and not isinstance(opts["label_field"], str):
         raise LexloraError(f"{where}.label_field: expected a metadata field name")
     opts["_taxonomy"] = taxonomy
-    ctx.state[NAME] = opts
-    return opts

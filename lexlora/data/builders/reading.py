@@ -38,7 +38,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lexlora.data.builders.base import BuildContext, DocumentView, clause_excerpt, options, pick
+from lexlora.data.builders.base import (
+    BuildContext,
+    DocumentView,
+    clause_excerpt,
+    pick,
+    run_options,
+)
 from lexlora.data.clause_detect import detect
 from lexlora.data.pairs import Pair, flatten, make_text_row
 from lexlora.data.segment import split_clauses
@@ -243,11 +249,11 @@ def _choose(rng: random.Random, candidates: list[list[Task]], k: int) -> list[Ta
 
 def _options(cfg: BuilderConfig, ctx: BuildContext) -> dict[str, Any]:
     """The builder's options, validated once per run (the taxonomy loaded with them)."""
-    cached = ctx.state.get(NAME)
-    if cached is not None:
-        return cached
-    opts = options(cfg, NAME, DEFAULTS)
-    where = f"data.builders.{NAME}.options"
+    return run_options(cfg, ctx, NAME, DEFAULTS, _prepare)
+
+
+def _prepare(opts: dict[str, Any], where: str) -> None:
+    """Check the options; add what later documents reuse (loaded taxonomy, run counters)."""
     for key, low, high in (("passage_chars", 100, 100_000), ("tasks_per_passage", 1, 50)):
         value = opts[key]
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
@@ -258,5 +264,3 @@ def _options(cfg: BuilderConfig, ctx: BuildContext) -> dict[str, Any]:
     check_categories(taxonomy, opts["categories"], where)
     opts["_taxonomy"] = taxonomy
     opts["_presence"] = Counter()  # the run's presence answers so far: Yes / No
-    ctx.state[NAME] = opts
-    return opts
