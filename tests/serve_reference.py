@@ -30,9 +30,9 @@ def random_adapter(tiny_model: Path, out: Path, rank: int = 4, seed: int = 3) ->
     return out
 
 
-def offline(tiny_model, ids: list[int], parts=(), scale: float | None = None, n: int = N) -> str:
-    """Greedy HF ``generate`` with PEFT: one adapter (optionally rescaled) or several combined
-    with ``add_weighted_adapter(cat)``."""
+def offline_model(tiny_model, parts=()):
+    """The base model with PEFT: one adapter, or several combined with
+    ``add_weighted_adapter(cat)``."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     if parts:
         model = PeftModel.from_pretrained(model, str(parts[0][0]), adapter_name="p0")
@@ -43,7 +43,22 @@ def offline(tiny_model, ids: list[int], parts=(), scale: float | None = None, n:
             model.add_weighted_adapter(names, [w for _, w in parts], "mix", combination_type="cat")
             model.set_adapter("mix")
         model.eval()
+    return model
+
+
+def offline(tiny_model, ids: list[int], parts=(), scale: float | None = None, n: int = N) -> str:
+    """Greedy HF ``generate`` with PEFT (:func:`offline_model`, optionally rescaled)."""
+    model = offline_model(tiny_model, parts)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     with torch.no_grad(), rescale_adapter_scale(model, scale) if scale else nullcontext():
         out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)
     return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+
+
+def offline_logprobs(tiny_model, ids: list[int], parts=(), scale: float | None = None):
+    """``log_softmax`` of one unpadded forward pass over ``ids``: ``[len(ids), vocab]``, row i
+    predicting token i + 1."""
+    model = offline_model(tiny_model, parts)
+    with torch.no_grad(), rescale_adapter_scale(model, scale) if scale else nullcontext():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    return torch.log_softmax(logits.float(), dim=-1)

@@ -1,4 +1,5 @@
-"""`lexlora eval --endpoint`: the same evaluation through the project's own OpenAI server."""
+"""`lexlora eval --endpoint`: the same evaluation through the project's own OpenAI server, figure
+for figure (options and answer loss by echo log-likelihood, generations by chat)."""
 
 from __future__ import annotations
 
@@ -44,17 +45,38 @@ def endpoint(tiny_model, tiny_run, tmp_path_factory):
         yield url
 
 
-def test_endpoint_generations_equal_in_process_ones(endpoint, tiny_model, tiny_run, tmp_path):
+def scorers_and_items(endpoint, tiny_model, tiny_run, tmp_path):
+    """The served scorer, the in-process one, and the evaluation items of the test recipe."""
     recipe = run_recipe(tiny_run, tmp_path, SPEC)
     remote = EndpointScorer(endpoint, KEY, "base", "contracts", str(tiny_model))
     local = load_local_scorer(str(tiny_model), tiny_run / "adapter")
     spec = load_spec(spec_path(recipe.name, recipe.eval.tasks_file))
     items, _ = select_items(dataset_dir(recipe), spec, seed=0)
+    return remote, local, items
+
+
+def test_endpoint_generations_equal_in_process_ones(endpoint, tiny_model, tiny_run, tmp_path):
+    remote, local, items = scorers_and_items(endpoint, tiny_model, tiny_run, tmp_path)
     open_items = [i for i in items if i.kind == "open"][:3]
     assert len(open_items) == 3
     for scale in (None, 1.0):
         with remote.variant(scale), local.variant(scale):
             assert remote.generate(open_items, 10) == local.generate(open_items, 10)
+
+
+def test_endpoint_likelihoods_equal_in_process_ones(endpoint, tiny_model, tiny_run, tmp_path):
+    remote, local, items = scorers_and_items(endpoint, tiny_model, tiny_run, tmp_path)
+    choice = [i for i in items if i.kind == "choice"]
+    open_items = [i for i in items if i.kind == "open"]
+    assert choice and open_items
+    for scale in (None, 1.0, 0.5):
+        with remote.variant(scale), local.variant(scale):
+            served, offline = remote.choice_logprobs(choice), local.choice_logprobs(choice)
+            for a, b in zip(served, offline, strict=True):
+                assert a == pytest.approx(b, abs=1e-4)
+            nll = remote.answer_nll(open_items)
+            assert nll == pytest.approx(local.answer_nll(open_items), abs=1e-4)
+    assert remote.echo_supported is True
 
 
 def test_endpoint_eval_writes_a_report(endpoint, tiny_model, tiny_run, tmp_path):
@@ -64,8 +86,7 @@ def test_endpoint_eval_writes_a_report(endpoint, tiny_model, tiny_run, tmp_path)
     result = evaluate(recipe, remote, dataset_dir(recipe), "contracts", out_root=tmp_path / "r")
     head = result.metrics["headline"]
     assert {"choice_accuracy", "token_f1"} <= set(head), result.metrics["items"]
-    # this server offers no prompt log-probabilities (echo): answer loss is reported as unavailable
-    assert "answer_nll" not in head and remote.echo_supported is False
+    assert "answer_nll" in head and remote.echo_supported is True  # by echo log-likelihood
     assert (result.report_dir / "report.html").is_file()
     assert (
         yaml.safe_load((result.report_dir / "metrics.json").read_text())["adapter"] == "contracts"

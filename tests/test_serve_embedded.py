@@ -17,8 +17,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import torch
 from conftest import running_server
-from serve_reference import offline, random_adapter, sha
+from serve_reference import offline, offline_logprobs, offline_model, random_adapter, sha
 from transformers import AutoTokenizer
 
 from lexlora.export.exporter import base_config_hash, export_run
@@ -277,6 +278,194 @@ def test_composition_is_exact_against_peft_cat(server, published, tiny_model, to
     assert r.status_code == 400 and "base model" in r.json()["error"]["message"]
 
 
+# --- scoring: echo, logprobs, token-id prompts ----------------------------------------------------
+
+TOLERANCE = 1e-4  # served log-probs vs one unpadded HF + PEFT forward pass
+
+
+def score(srv: Server, model: str, prompt, k: int = 3, **extra) -> dict:
+    """Score ``prompt`` (echo, max_tokens 0), retrying while the tenant's queue share is used."""
+    body = {"model": model, "prompt": prompt, "echo": True, "logprobs": k, "max_tokens": 0}
+    for _ in range(400):
+        r = srv.post("/v1/completions", {**body, **extra})
+        if r.status_code != 429:
+            break
+        time.sleep(0.05)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def assert_scores_equal(choice: dict, ids: list[int], reference, tok, k: int) -> None:
+    """The echoed prompt's log-probs equal ``reference`` ([len(ids), vocab] log_softmax)."""
+    lp = choice["logprobs"]
+    assert len(lp["tokens"]) == len(ids) and lp["token_logprobs"][0] is None
+    assert lp["top_logprobs"][0] is None and lp["text_offset"][0] == 0
+    for i in range(1, len(ids)):
+        assert abs(lp["token_logprobs"][i] - reference[i - 1, ids[i]].item()) < TOLERANCE
+        values, best = reference[i - 1].topk(k)
+        expected: dict[str, float] = {}
+        for token, value in zip(best.tolist(), values.tolist(), strict=True):
+            expected.setdefault(tok.decode([token]), value)  # one text, the better log-prob
+        top = lp["top_logprobs"][i]
+        assert all(abs(top[text] - value) < TOLERANCE for text, value in expected.items())
+        assert set(top) - set(expected) <= {lp["tokens"][i]}  # plus the prompt's own token
+    tokens = lp["tokens"]
+    assert [lp["text_offset"][i + 1] - lp["text_offset"][i] for i in range(len(ids) - 1)] == [
+        len(t) for t in tokens[:-1]
+    ]
+
+
+def test_echo_scores_equal_offline_log_softmax_for_every_variant(
+    server, published, tiny_model, tok
+):
+    ids = tok("The Customer shall pay all fees within thirty days of the invoice")["input_ids"]
+    contracts, clauses = published.contracts.path, published.clauses.path
+    mix = [{"name": "contracts", "weight": 0.6}, {"name": "clauses", "weight": 0.8}]
+    cases = [
+        ("base", {}, offline_logprobs(tiny_model, ids)),
+        ("contracts", {}, offline_logprobs(tiny_model, ids, [(contracts, 1.0)])),
+        (
+            "contracts",
+            {"lora_scale": 0.5},
+            offline_logprobs(tiny_model, ids, [(contracts, 1.0)], scale=0.5),
+        ),
+        (
+            "base",
+            {"adapters": mix},
+            offline_logprobs(tiny_model, ids, [(contracts, 0.6), (clauses, 0.8)]),
+        ),
+    ]
+    for model, extra, reference in cases:
+        body = score(server, model, ids, **extra)
+        (choice,) = body["choices"]
+        assert choice["text"] == tok.decode(ids) and choice["finish_reason"] == "length"
+        assert body["usage"] == {
+            "prompt_tokens": len(ids), "completion_tokens": 0, "total_tokens": len(ids)
+        }  # fmt: skip
+        assert_scores_equal(choice, ids, reference, tok, 3)
+    base, adapter = (score(server, m, ids)["choices"][0]["logprobs"] for m in ("base", "contracts"))
+    assert base["token_logprobs"] != adapter["token_logprobs"]
+
+
+def test_every_prompt_form_gives_one_choice_per_prompt(server, tok):
+    texts = ["The Customer shall pay", "Notices shall be given in writing", "Term"]
+    ids = [tok(t)["input_ids"] for t in texts]
+    alone = [score(server, "contracts", i)["choices"][0] for i in ids]
+    by_ids = score(server, "contracts", ids)
+    by_text = score(server, "contracts", texts)
+    for body in (by_ids, by_text):
+        assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+        assert body["usage"]["prompt_tokens"] == sum(len(i) for i in ids)
+        for choice, single in zip(body["choices"], alone, strict=True):
+            assert choice["logprobs"]["tokens"] == single["logprobs"]["tokens"]
+            for a, b in zip(
+                choice["logprobs"]["token_logprobs"][1:],
+                single["logprobs"]["token_logprobs"][1:],
+                strict=True,
+            ):
+                assert abs(a - b) < TOLERANCE
+    assert [c["text"] for c in by_text["choices"]] == texts  # a text prompt is echoed as sent
+    one = score(server, "contracts", texts[0])["choices"][0]["logprobs"]["token_logprobs"]
+    assert one == score(server, "contracts", [texts[0]])["choices"][0]["logprobs"]["token_logprobs"]
+    generated = server.post(
+        "/v1/completions",
+        {"model": "contracts", "prompt": texts, "max_tokens": N, "temperature": 0},
+    ).json()
+    assert [c["text"] for c in generated["choices"]] == [
+        complete(server, "contracts", prompt=t) for t in texts
+    ]
+
+
+def test_generated_logprobs_are_the_models_own(server, published, tiny_model, tok):
+    """lm-evaluation-harness's request (echo, logprobs 1, max_tokens 1) and plain generation with
+    logprobs: every generated token's log-prob equals the offline forward pass over the text."""
+    ids = tok(PROMPT)["input_ids"]
+    body = {"model": "contracts", "prompt": [ids], "echo": True, "logprobs": 1, "max_tokens": 1}
+    lm_eval = server.post("/v1/completions", {**body, "temperature": 0}).json()["choices"][0]
+    assert len(lm_eval["logprobs"]["token_logprobs"]) == len(ids) + 1
+    plain = server.post(
+        "/v1/completions",
+        {"model": "contracts", "prompt": PROMPT, "logprobs": 2, "max_tokens": N, "temperature": 0},
+    ).json()["choices"][0]
+    lp = plain["logprobs"]
+    adapter = [(published.contracts.path, 1.0)]
+    with torch.no_grad():
+        out = offline_model(tiny_model, adapter).generate(
+            torch.tensor([ids]), max_new_tokens=N, do_sample=False
+        )
+    generated = [t for t in out[0, len(ids) :].tolist() if t != tok.eos_token_id]
+    reference = offline_logprobs(tiny_model, ids + generated, adapter)
+    assert "".join(lp["tokens"]) == plain["text"] and lp["text_offset"][0] == 0
+    for j, (token, value) in enumerate(zip(generated, lp["token_logprobs"], strict=True)):
+        assert abs(value - reference[len(ids) - 1 + j, token].item()) < TOLERANCE
+        assert max(lp["top_logprobs"][j].values()) == value  # greedy: the top is the token
+    first = lm_eval["logprobs"]["token_logprobs"][-1]
+    assert abs(first - lp["token_logprobs"][0]) < TOLERANCE
+
+
+def test_chat_logprobs_whole_and_streamed(server, tok):
+    messages = [{"role": "user", "content": "What does the Customer pay?"}]
+    client = server.client()
+    whole = client.chat.completions.create(
+        model="contracts", messages=messages, max_tokens=N, temperature=0, logprobs=True,
+        top_logprobs=2,
+    )  # fmt: skip
+    content = whole.choices[0].logprobs.content
+    assert len(content) == whole.usage.completion_tokens - (
+        whole.choices[0].finish_reason == "stop"
+    )
+    assert "".join(t.token for t in content) == whole.choices[0].message.content
+    for entry in content:
+        assert len(entry.top_logprobs) == 2 and entry.top_logprobs[0].logprob == entry.logprob
+        assert bytes(entry.bytes).decode() == entry.token
+    chunks = client.chat.completions.create(
+        model="contracts", messages=messages, max_tokens=N, temperature=0, logprobs=True,
+        top_logprobs=2, stream=True,
+    )  # fmt: skip
+    streamed = [
+        t
+        for c in chunks
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.content
+    ]
+    assert [t.token for t in streamed] == [t.token for t in content]
+    assert [t.logprob for t in streamed] == [t.logprob for t in content]
+    plain = client.chat.completions.create(model="contracts", messages=messages, max_tokens=4)
+    assert plain.choices[0].logprobs is None
+
+
+def test_streamed_echo_and_logprobs_equal_the_whole_response(server, tok):
+    body = {"model": "contracts", "prompt": PROMPT, "echo": True, "logprobs": 2, "max_tokens": N}
+    whole = server.post("/v1/completions", {**body, "temperature": 0}).json()["choices"][0]
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/completions",
+        json={**body, "temperature": 0, "stream": True},
+        headers={"Authorization": f"Bearer {ACME_KEY}"},
+        timeout=60,
+    ) as r:
+        events = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
+    choices = [e["choices"][0] for e in events]
+    assert "".join(c["text"] for c in choices) == whole["text"]
+    keys = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+    merged = {k: [v for c in choices if c["logprobs"] for v in c["logprobs"][k]] for k in keys}
+    assert merged == whole["logprobs"]
+
+
+def test_concurrent_scoring_of_mixed_adapters_equals_each_alone(server, tok):
+    jobs = [
+        (model, tok(text)["input_ids"])
+        for model in ("base", "contracts", "clauses")
+        for text in ("The Customer shall pay", "Either party may terminate this Agreement")
+    ]
+    alone = [score(server, m, i)["choices"][0]["logprobs"]["token_logprobs"] for m, i in jobs]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        together = list(pool.map(lambda job: score(server, *job), jobs))
+    for body, single in zip(together, alone, strict=True):
+        values = body["choices"][0]["logprobs"]["token_logprobs"]
+        assert all(abs(a - b) < TOLERANCE for a, b in zip(values[1:], single[1:], strict=True))
+
+
 # --- tenants, keys and errors --------------------------------------------------------------------
 
 FOREIGN = [
@@ -354,8 +543,17 @@ def test_keys_and_admin_routes(server):
         ({"lora_scale": -1}, "lora_scale"),
         ({"adapters": [{"name": "contracts"}]}, "adapters.0.weight"),
         ({"adapters": "contracts"}, "adapters"),
-        ({"prompt": ["a", "b"]}, "prompt"),
         ({"prompt": None}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": [[1, 2], []]}, "prompt"),
+        ({"prompt": [1, -2]}, "prompt"),
+        ({"prompt": [1, 10**9]}, "prompt"),
+        ({"prompt": [[1, 2], [3, 10**9]]}, "prompt.1"),
+        ({"prompt": ["a"] * 129}, "prompt"),
+        ({"prompt": ["a", "b"], "stream": True}, "prompt"),
+        ({"echo": "yes"}, "echo"),
+        ({"logprobs": 21}, "logprobs"),
+        ({"logprobs": -1}, "logprobs"),
         ({"model": 5}, "model"),
         ({"prompt": "word " * 3000}, "prompt"),
         ({"max_tokens": 5000}, "prompt"),
@@ -372,6 +570,10 @@ def test_bad_parameters_are_400_in_openai_shape(server, body, param):
 def test_more_400s_and_unknown_fields(server):
     chat = lambda **kw: server.post("/v1/chat/completions", {"model": "base", **kw})  # noqa: E731
     assert chat(messages=[]).status_code == 400
+    hi = [{"role": "user", "content": "hi"}]
+    r = chat(messages=hi, top_logprobs=2)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs"
+    assert chat(messages=hi, logprobs=True, top_logprobs=21).status_code == 400
     assert chat(messages=[{"role": "robot", "content": "x"}]).status_code == 400
     assert chat(messages="hi").status_code == 400
     r = httpx.post(

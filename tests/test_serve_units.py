@@ -195,7 +195,7 @@ def test_request_validation_names_the_field():
     assert field_path(("adapters", 0, "weight")) == "adapters.0.weight"
     assert field_path(("stop", "list[str]", 0)) == "stop"
     ok = parse_request(CompletionRequest, b'{"model": "m", "prompt": ["x"], "temperature": 0}')
-    assert ok.prompt_text() == "x" and ok.max_tokens == 16 and ok.stop_list() == []
+    assert ok.prompts() == ["x"] and ok.max_tokens == 16 and ok.stop_list() == []
 
 
 def test_token_budget_has_a_server_default_and_cap():

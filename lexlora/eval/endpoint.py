@@ -1,20 +1,30 @@
-"""Score items through any OpenAI-compatible endpoint (vLLM, lexlora serve, a hosted API).
+"""Score items through any OpenAI-compatible endpoint (lexlora serve, vLLM, a hosted API).
 
-Generation uses ``/v1/chat/completions`` (greedy, fixed seed). Option and answer likelihoods use
-``/v1/completions`` with ``echo`` and ``logprobs`` where the endpoint offers them (vLLM does); where
-it does not, options are scored by greedy generation (the option the answer starts with) and the
-answer loss is reported as unavailable. Strengths other than 1 use the ``lora_scale`` extension.
+Generation uses ``/v1/chat/completions`` (greedy, fixed seed). Option and answer likelihoods are
+scored by prompt log-likelihood on ``/v1/completions`` (``echo``, ``logprobs``, ``max_tokens`` 0,
+else 1) with the prompt sent as token ids built exactly as the in-process scorer builds them, so
+every figure through ``lexlora serve`` equals the in-process one. An endpoint without ``echo``
+scores options by greedy generation (the option the answer starts with) and reports the answer
+loss as unavailable. Strengths other than 1 use the ``lora_scale`` extension.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from lexlora.errors import LexloraError
 from lexlora.eval.metrics import normalize_answer
 from lexlora.eval.tasks import EvalItem, option_texts
+
+PROMPTS_PER_REQUEST = 16  # sequences scored by one /v1/completions request
+CONCURRENT_REQUESTS = 2  # requests in flight at once (the server batches them together)
+
+
+class EchoUnsupported(Exception):
+    """The endpoint does not return prompt log-probabilities."""
 
 
 class EndpointScorer:
@@ -26,7 +36,7 @@ class EndpointScorer:
 
         url = base_url.rstrip("/")
         url = url if url.endswith("/v1") else url + "/v1"
-        self.client = openai.OpenAI(base_url=url, api_key=api_key, max_retries=2, timeout=120)
+        self.client = openai.OpenAI(base_url=url, api_key=api_key, max_retries=2, timeout=300)
         self.base_model = base_model
         self.adapter_model = adapter_model
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
@@ -34,6 +44,7 @@ class EndpointScorer:
         self.model = adapter_model
         self.extra: dict = {}
         self.echo_supported: bool | None = None
+        self._score_tokens = 0  # max_tokens the endpoint accepts with echo (0, else 1)
 
     @contextmanager
     def variant(self, scale: float | None) -> Iterator[None]:
@@ -50,45 +61,91 @@ class EndpointScorer:
             item.prompt, tokenize=False, add_generation_prompt=True
         )
 
-    def _continuation_logprob(self, prompt: str, continuation: str) -> float | None:
-        """Sum of the continuation's token log-probs via echo; None if the endpoint lacks echo."""
-        if self.echo_supported is False:
-            return None
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _failure(self, exc: Exception) -> Exception:
+        """A one-line error for a failed call (a status from the endpoint, or no connection)."""
         import openai
 
-        try:
-            response = self.client.completions.create(
-                model=self.model,
-                prompt=prompt + continuation,
-                max_tokens=1,
-                echo=True,
-                logprobs=0,
-                temperature=0,
-                extra_body=self.extra or None,
+        if isinstance(exc, openai.APIStatusError):
+            return LexloraError(
+                f"endpoint: {exc.status_code} for model {self.model}: {exc.message}"
             )
-        except openai.BadRequestError:
-            self.echo_supported = False
-            return None
-        lp = response.choices[0].logprobs
-        if lp is None or not lp.token_logprobs or lp.text_offset is None:
-            self.echo_supported = False
-            return None
+        if isinstance(exc, openai.APIConnectionError):
+            return LexloraError(f"endpoint {self.client.base_url}: cannot connect")
+        return exc
+
+    # -- prompt log-likelihoods -----------------------------------------------------------------
+
+    def _token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Per sequence, the log-prob of each token after the first (via echo); raises
+        :class:`EchoUnsupported` for an endpoint without it."""
+        if self.echo_supported is False:
+            raise EchoUnsupported
+        batches = [
+            sequences[i : i + PROMPTS_PER_REQUEST]
+            for i in range(0, len(sequences), PROMPTS_PER_REQUEST)
+        ]
+        with ThreadPoolExecutor(CONCURRENT_REQUESTS) as pool:
+            scored = list(pool.map(self._score_batch, batches))
+        return [row for batch in scored for row in batch]
+
+    def _score_batch(self, batch: list[list[int]]) -> list[list[float]]:
+        import openai
+
+        while True:
+            try:
+                response = self.client.completions.create(
+                    model=self.model,
+                    prompt=batch,
+                    max_tokens=self._score_tokens,
+                    echo=True,
+                    logprobs=0,
+                    temperature=0,
+                    extra_body=self.extra or None,
+                )
+                break
+            except openai.BadRequestError:
+                if self._score_tokens == 0:  # an endpoint that wants at least one new token
+                    self._score_tokens = 1
+                    continue
+                self.echo_supported = False
+                raise EchoUnsupported from None
+            except openai.OpenAIError as exc:
+                raise self._failure(exc) from None
+        choices = sorted(response.choices, key=lambda c: c.index)
+        rows = []
+        for ids, choice in zip(batch, choices, strict=True):
+            lp = choice.logprobs
+            values = list(lp.token_logprobs or []) if lp is not None else []
+            if len(values) < len(ids) or any(v is None for v in values[1 : len(ids)]):
+                self.echo_supported = False
+                raise EchoUnsupported
+            rows.append([float(v) for v in values[1 : len(ids)]])
         self.echo_supported = True
-        total = 0.0
-        for offset, value in zip(lp.text_offset, lp.token_logprobs, strict=False):
-            if len(prompt) <= offset < len(prompt) + len(continuation) and value is not None:
-                total += value
-        return total
+        return rows
+
+    def _continuations(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """Per (prompt ids, continuation ids), the continuation tokens' log-probs."""
+        scores = self._token_logprobs([p + c for p, c in pairs])
+        return [row[len(p) - 1 :] for (p, _), row in zip(pairs, scores, strict=True)]
 
     def choice_logprobs(self, items: Sequence[EvalItem]) -> list[list[float]]:
-        scores = []
-        for item in items:
-            prompt = self.prompt_text(item)
-            options = option_texts(item, self.end)
-            row = [self._continuation_logprob(prompt, text) for text in options]
-            if any(v is None for v in row):
-                row = self._choice_by_generation(item)
-            scores.append(row)
+        """Per item, each option's log-probability (as :class:`LocalScorer` scores it)."""
+        pairs, owners = [], []
+        for n, item in enumerate(items):
+            prompt = self._ids(self.prompt_text(item))
+            for text in option_texts(item, self.end):
+                pairs.append((prompt, self._ids(text)))
+                owners.append(n)
+        try:
+            scored = self._continuations(pairs)
+        except EchoUnsupported:
+            return [self._choice_by_generation(item) for item in items]
+        scores: list[list[float]] = [[] for _ in items]
+        for n, row in zip(owners, scored, strict=True):
+            scores[n].append(sum(row))
         return scores
 
     def _choice_by_generation(self, item: EvalItem) -> list[float]:
@@ -99,16 +156,13 @@ class EndpointScorer:
         ]
 
     def answer_nll(self, items: Sequence[EvalItem]) -> list[float]:
-        results = []
-        for item in items:
-            prompt = self.prompt_text(item)
-            continuation = item.reference + self.end
-            total = self._continuation_logprob(prompt, continuation)
-            if total is None:
-                return [math.nan] * len(items)
-            n = len(self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
-            results.append(-total / max(n, 1))
-        return results
+        """Mean negative log-likelihood per reference-answer token (NaN without echo)."""
+        pairs = [(self._ids(self.prompt_text(i)), self._ids(i.reference + self.end)) for i in items]
+        try:
+            scored = self._continuations(pairs)
+        except EchoUnsupported:
+            return [math.nan] * len(items)
+        return [-sum(row) / max(len(row), 1) for row in scored]
 
     def generate(self, items: Sequence[EvalItem], max_new_tokens: int) -> list[str]:
         import openai
@@ -124,11 +178,7 @@ class EndpointScorer:
                     seed=0,
                     extra_body=self.extra or None,
                 )
-            except openai.APIStatusError as exc:
-                raise LexloraError(
-                    f"endpoint: {exc.status_code} for model {self.model}: {exc.message}"
-                ) from None
-            except openai.APIConnectionError:
-                raise LexloraError(f"endpoint {self.client.base_url}: cannot connect") from None
+            except openai.OpenAIError as exc:
+                raise self._failure(exc) from None
             outputs.append((response.choices[0].message.content or "").strip())
         return outputs

@@ -30,9 +30,9 @@ from lexlora.serve.auth import require_tenant
 from lexlora.serve.bodylimit import BodySizeLimit
 from lexlora.serve.catalog import TenantCatalog
 from lexlora.serve.config import ServeConfig
-from lexlora.serve.engines.base import Engine, EngineError
+from lexlora.serve.engines.base import Engine, EngineError, EngineUnavailable
 from lexlora.serve.errors import ApiError, ErrorBody, bad_request, model_not_found
-from lexlora.serve.generation import answer_chat, answer_completion
+from lexlora.serve.generation import answer_chat, answer_completion, unavailable
 from lexlora.serve.metrics import Metrics, MetricsMiddleware
 from lexlora.serve.prompts import PromptEncoder
 from lexlora.serve.protocol import (
@@ -61,6 +61,7 @@ _ERRORS = {
     404: "No such model for this tenant",
     413: "Request body too large",
     429: "The tenant's share of the queue is in use, or the server is at capacity",
+    503: "The engine cannot take requests now (e.g. vLLM is restarting): retry",
 }
 
 
@@ -82,7 +83,7 @@ def _generation_route(request: type[BaseModel], whole: type[BaseModel], chunk: t
                 "description": f"A {whole.__name__}; with `stream`, server-sent events",
                 "content": {"text/event-stream": stream},
             },
-            **_errors(400, 401, 404, 413, 429),
+            **_errors(400, 401, 404, 413, 429, 503),
         },
     }
 
@@ -126,8 +127,16 @@ def create_app(
     app.include_router(admin_router)
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "model": config.model_name}
+    async def health() -> Response:
+        """200 while the engine takes requests, else 503; the engine's own state either way."""
+        state = engine.health()
+        ok = state.get("state") == "ok"
+        body = {
+            "status": "ok" if ok else "unavailable",
+            "model": config.model_name,
+            "engine": {"name": engine.name, **state},
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -233,6 +242,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> Response:
         return as_response(exc)
+
+    @app.exception_handler(EngineUnavailable)
+    async def engine_unavailable(_: Request, exc: EngineUnavailable) -> Response:
+        return as_response(unavailable(exc), headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:

@@ -1,6 +1,7 @@
 """From a validated OpenAI request to a response: resolve the model (→ target), admit (the
-tenant's share of the bounded queue), tokenise the prompt off the event loop, check the limits,
-pin the adapter, run on the engine, answer as JSON or as an event stream.
+tenant's share of the bounded queue), tokenise the prompts off the event loop, check the limits,
+pin the adapter, run one engine row per prompt, answer as JSON (one choice per prompt) or as an
+event stream (one prompt). An engine that cannot take requests now is a 503.
 
 Every path that ends a request releases its queue place and its adapter pin exactly once: when
 the response is complete, when the engine fails, or when the client disconnects (which also
@@ -14,7 +15,6 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from functools import partial
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -25,14 +25,17 @@ from lexlora.serve.admission import Ticket
 from lexlora.serve.catalog import Target
 from lexlora.serve.engines.base import (
     EngineError,
-    Finished,
+    EngineUnavailable,
     Generation,
     GenerationRequest,
+    PromptLogprobs,
     SamplingParams,
     TextDelta,
 )
+from lexlora.serve.engines.base import Event as EngineEvent
+from lexlora.serve.engines.base import collect as collect_events
 from lexlora.serve.errors import ApiError, bad_request
-from lexlora.serve.formats import DONE, ResponseFormat, sse
+from lexlora.serve.formats import DONE, Echo, ResponseFormat, sse
 from lexlora.serve.protocol import ChatCompletionRequest, CompletionRequest
 from lexlora.serve.state import Gateway
 
@@ -41,11 +44,12 @@ log = logging.getLogger("lexlora.serve")
 
 @dataclass
 class Job:
-    """A request ready for the engine (its adapter name is filled in once pinned)."""
+    """A request ready for the engine: one row per prompt (their adapter name is filled in once
+    pinned)."""
 
     tenant: str
     target: Target
-    request: GenerationRequest
+    requests: list[GenerationRequest]
     format: ResponseFormat
     stream: bool
     include_usage: bool
@@ -60,11 +64,28 @@ class Limit:
     param: str = "max_tokens"
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """What a request asks to be scored: ``logprobs`` per generated token (None: nothing),
+    ``prompt_logprobs`` for the prompt, and whether the prompt is echoed."""
+
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    echo: bool = False
+
+
 async def answer_completion(
     gw: Gateway, tenant: str, req: CompletionRequest, http: Request
 ) -> Response:
-    encode = partial(gw.prompts.completion, req.prompt_text())
-    return await _answer(gw, tenant, req, encode, Limit(req.max_tokens), "prompt", http)
+    prompts = req.prompts()
+    params = ["prompt"] if len(prompts) == 1 else [f"prompt.{i}" for i in range(len(prompts))]
+
+    def encode() -> list[list[int]]:
+        return [gw.prompts.completion(p, param) for p, param in zip(prompts, params, strict=True)]
+
+    scores = req.logprobs if req.echo else None
+    scoring = Scoring(req.logprobs, scores, req.echo)
+    return await _answer(gw, tenant, req, encode, Limit(req.max_tokens), "prompt", scoring, http)
 
 
 async def answer_chat(
@@ -76,24 +97,26 @@ async def answer_chat(
         if req.max_completion_tokens is not None
         else Limit(req.max_tokens)
     )
-    encode = partial(gw.prompts.chat, messages)
-    return await _answer(gw, tenant, req, encode, limit, "messages", http)
+    scoring = Scoring(logprobs=(req.top_logprobs or 0) if req.logprobs else None)
+    encode = lambda: [gw.prompts.chat(messages)]  # noqa: E731
+    return await _answer(gw, tenant, req, encode, limit, "messages", scoring, http)
 
 
 async def _answer(
     gw: Gateway,
     tenant: str,
     req: CompletionRequest | ChatCompletionRequest,
-    encode: Callable[[], list[int]],
+    encode: Callable[[], list[list[int]]],
     limit: Limit,
     prompt_param: str,
+    scoring: Scoring,
     http: Request,
 ) -> Response:
     target = _target(gw, tenant, req)
     ticket = gw.admission.admit(tenant)  # before tokenising: a big prompt uses the tenant's share
     try:
-        ids = await asyncio.to_thread(encode)  # a big prompt never blocks the event loop
-        job = _job(gw, tenant, req, target, ids, limit, prompt_param)
+        prompts = await asyncio.to_thread(encode)  # a big prompt never blocks the event loop
+        job = _job(gw, tenant, req, target, prompts, limit, prompt_param, scoring)
     except BaseException:
         ticket.release()
         raise
@@ -116,28 +139,57 @@ def _job(
     tenant: str,
     req: CompletionRequest | ChatCompletionRequest,
     target: Target,
-    ids: list[int],
+    prompts: list[list[int]],
     limit: Limit,
     prompt_param: str,
+    scoring: Scoring,
 ) -> Job:
     cfg = gw.config
-    max_tokens = token_budget(
-        len(ids), limit, gw.engine.max_context, prompt_param, cfg.default_max_tokens, cfg.max_tokens
-    )
-    sampling = SamplingParams(
-        max_tokens=max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        stop=tuple(req.stop_list()),
-        seed=req.seed,
-        ignore_eos=req.ignore_eos,
-    )
+    requests = []
+    for ids in prompts:
+        max_tokens = token_budget(
+            len(ids),
+            limit,
+            gw.engine.max_context,
+            prompt_param,
+            cfg.default_max_tokens,
+            cfg.max_tokens,
+        )
+        sampling = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            stop=tuple(req.stop_list()),
+            seed=req.seed,
+            ignore_eos=req.ignore_eos,
+            logprobs=scoring.logprobs,
+        )
+        requests.append(
+            GenerationRequest(
+                prompt_ids=ids,
+                sampling=sampling,
+                owner=tenant,
+                prompt_logprobs=scoring.prompt_logprobs,
+            )
+        )
+    echo = [Echo(gw.prompts.text(ids), ids) for ids in prompts] if scoring.echo else None
+    if echo and isinstance(req, CompletionRequest):  # a text prompt is echoed as it was sent
+        for e, prompt in zip(echo, req.prompts(), strict=True):
+            if isinstance(prompt, str):
+                e.text = prompt
     options = req.stream_options
+    fmt = ResponseFormat(
+        model=req.model,
+        chat=isinstance(req, ChatCompletionRequest),
+        token_text=gw.prompts.token_text,
+        logprobs=scoring.logprobs is not None,
+        echo=echo,
+    )
     return Job(
         tenant=tenant,
         target=target,
-        request=GenerationRequest(prompt_ids=ids, sampling=sampling, owner=tenant),
-        format=ResponseFormat(model=req.model, chat=isinstance(req, ChatCompletionRequest)),
+        requests=requests,
+        format=fmt,
         stream=req.stream,
         include_usage=bool(options and options.include_usage),
     )
@@ -167,6 +219,11 @@ def token_budget(
     return requested
 
 
+def unavailable(exc: EngineUnavailable) -> ApiError:
+    """503 for an engine that cannot take requests now (e.g. its vLLM child is restarting)."""
+    return ApiError(503, str(exc), type="server_error", code="engine_unavailable")
+
+
 async def respond(gw: Gateway, job: Job, http: Request, ticket: Ticket) -> Response:
     """Pin, run and answer ``job`` holding ``ticket`` (released at the end; 429 when the adapter
     slots are full)."""
@@ -179,6 +236,9 @@ async def respond(gw: Gateway, job: Job, http: Request, ticket: Ticket) -> Respo
     except EngineError as exc:  # e.g. adapters that cannot be composed
         ticket.release()
         raise bad_request(str(exc), param="adapters") from None
+    except EngineUnavailable as exc:
+        ticket.release()
+        raise unavailable(exc) from None
     except BaseException:
         ticket.release()
         raise
@@ -189,19 +249,22 @@ async def respond(gw: Gateway, job: Job, http: Request, ticket: Ticket) -> Respo
             gw.residency.release(name)
 
     gw.metrics.adapter_requests.labels(job.tenant, job.target.label).inc()
-    events = gw.engine.stream(dataclasses.replace(job.request, adapter=name))
+    streams = [gw.engine.stream(dataclasses.replace(r, adapter=name)) for r in job.requests]
     if job.stream:
-        return EventStream(_sse_body(gw, job, events), on_close=release)
+        return EventStream(_sse_body(gw, job, streams[0]), on_close=release)
     try:
-        result = await _collect_unless_disconnected(events, http)
+        results = await _collect_unless_disconnected(streams, http)
     except EngineError as exc:
         raise bad_request(str(exc)) from None
+    except EngineUnavailable as exc:
+        raise unavailable(exc) from None
     finally:
         release()
-    if result is None:  # the client is gone: nobody reads this
+    if results is None:  # the client is gone: nobody reads this
         return Response(status_code=499)
-    _count_tokens(gw, job.tenant, result.prompt_tokens, result.completion_tokens)
-    return JSONResponse(job.format.whole(result))
+    for result in results:
+        _count_tokens(gw, job.tenant, result.prompt_tokens, result.completion_tokens)
+    return JSONResponse(job.format.whole(results))
 
 
 def _count_tokens(gw: Gateway, tenant: str, prompt: int, completion: int) -> None:
@@ -209,28 +272,21 @@ def _count_tokens(gw: Gateway, tenant: str, prompt: int, completion: int) -> Non
     gw.metrics.generated_tokens.labels(tenant).inc(completion)
 
 
-async def _collect(events: AsyncIterator[TextDelta | Finished]) -> Generation:
-    parts = []
-    async for event in events:
-        if isinstance(event, TextDelta):
-            parts.append(event.text)
-        else:
-            return Generation(
-                "".join(parts), event.finish_reason, event.prompt_tokens, event.completion_tokens
-            )
-    raise RuntimeError("the engine stream ended without finishing")
-
-
 async def _wait_for_disconnect(http: Request) -> None:
     while (await http.receive())["type"] != "http.disconnect":
         pass
 
 
+async def _collect_all(streams: list[AsyncIterator[EngineEvent]]) -> list[Generation]:
+    return list(await asyncio.gather(*(collect_events(s) for s in streams)))
+
+
 async def _collect_unless_disconnected(
-    events: AsyncIterator[TextDelta | Finished], http: Request
-) -> Generation | None:
-    """The whole generation, or None if the client disconnected first (the row is cancelled)."""
-    collect = asyncio.ensure_future(_collect(events))
+    streams: list[AsyncIterator[EngineEvent]], http: Request
+) -> list[Generation] | None:
+    """Every row's whole generation, or None if the client disconnected first (the rows are
+    cancelled); the first row to fail fails them all."""
+    collect = asyncio.ensure_future(_collect_all(streams))
     watch = asyncio.ensure_future(_wait_for_disconnect(http))
     try:
         await asyncio.wait({collect, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -239,11 +295,13 @@ async def _collect_unless_disconnected(
         if not collect.done():
             collect.cancel()
         await asyncio.gather(collect, watch, return_exceptions=True)
+        for stream in streams:
+            await stream.aclose()  # type: ignore[attr-defined]
     return None if collect.cancelled() else collect.result()
 
 
 async def _sse_body(
-    gw: Gateway, job: Job, events: AsyncIterator[TextDelta | Finished]
+    gw: Gateway, job: Job, events: AsyncIterator[EngineEvent]
 ) -> AsyncIterator[str]:
     fmt = job.format
     opening = fmt.opening()
@@ -251,15 +309,22 @@ async def _sse_body(
         yield opening
     try:
         async for event in events:
+            if isinstance(event, PromptLogprobs):
+                chunk = fmt.prompt(event)
+                if chunk:
+                    yield chunk
+                continue
             if isinstance(event, TextDelta):
-                yield fmt.delta(event.text)
+                yield fmt.delta(event)
                 continue
             _count_tokens(gw, job.tenant, event.prompt_tokens, event.completion_tokens)
-            yield fmt.finish(event.finish_reason)
+            yield fmt.finish(event)
             if job.include_usage:
                 yield fmt.usage(event.prompt_tokens, event.completion_tokens)
     except EngineError as exc:
         yield sse(bad_request(str(exc)).body())
+    except EngineUnavailable as exc:
+        yield sse(unavailable(exc).body())
     except Exception:
         log.exception("generation failed")
         yield sse(ApiError(500, "internal error", type="server_error").body())

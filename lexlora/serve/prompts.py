@@ -1,7 +1,9 @@
-"""Prompts → token ids with the base model's tokenizer (chat: its chat template)."""
+"""Prompts → token ids with the base model's tokenizer (chat: its chat template), and token ids
+→ the text shown for them in log-probs."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from lexlora.serve.errors import bad_request
@@ -10,10 +12,28 @@ from lexlora.serve.errors import bad_request
 class PromptEncoder:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
+        self.vocab_size = len(tokenizer)
+        self.token_text = lru_cache(maxsize=65536)(self._token_text)
 
-    def completion(self, prompt: str) -> list[int]:
-        """Token ids of a plain prompt (with the tokenizer's special tokens, e.g. BOS)."""
-        return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    def completion(self, prompt: str | list[int], param: str = "prompt") -> list[int]:
+        """Token ids of a plain prompt (text: with the tokenizer's special tokens, e.g. BOS;
+        token ids: checked against the vocabulary and used as they are)."""
+        if isinstance(prompt, str):
+            return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        for i, token in enumerate(prompt):
+            if token >= self.vocab_size:
+                message = f"'{param}.{i}': token id {token} is not in the vocabulary"
+                raise bad_request(f"{message} (0–{self.vocab_size - 1})", param=param)
+        return list(prompt)
+
+    def text(self, ids: list[int]) -> str:
+        """The text of token ids as a completion echoes it (special tokens kept)."""
+        return self.tokenizer.decode(
+            ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+
+    def _token_text(self, token: int) -> str:
+        return self.text([token])
 
     def chat(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of ``messages`` rendered by the chat template, ready for the assistant."""

@@ -7,6 +7,14 @@ Sampling limits, checked here so that no request reaches the engine with values 
 1e-5 is greedy, as in vLLM (1/T would overflow); integer fields accept integral floats (``7.0``)
 as OpenAI does, never ``7.5`` or ``"7"``. Error messages echo at most 80 characters of a value.
 
+Scoring (what lm-evaluation-harness and log-likelihood clients send): a completion ``prompt`` is
+a string, a list of strings, a list of token ids or a list of such lists (one choice per prompt,
+with its ``index``); ``echo`` returns the prompt before the completion; ``logprobs: k`` returns
+OpenAI's legacy object (``tokens``, ``token_logprobs`` with ``null`` for the first prompt token,
+``top_logprobs``, ``text_offset`` into the choice's text) for echoed and generated tokens;
+``max_tokens: 0`` with ``echo`` scores without generating. Chat takes ``logprobs: true`` and
+``top_logprobs: k`` in OpenAI's chat shape. Log-probs are the model's (raw logits).
+
 lexlora extensions (ignored by clients that do not send them): ``lora_scale`` (0–2, 0 = base),
 ``adapters`` (weighted composition of the caller's own adapters) and vLLM's ``ignore_eos``.
 """
@@ -23,6 +31,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from lexlora.serve.errors import ApiError, bad_request, shown
 
 MAX_STOP_SEQUENCES = 16
+MAX_PROMPTS = 128  # prompts in one completion request
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI's chat limit)
 GREEDY_BELOW = 1e-5  # a temperature under this is greedy (0), as in vLLM: 1/T would overflow
 SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit seed: what torch and vLLM both accept
 
@@ -90,22 +100,34 @@ class _GenerationRequest(_Strict):
             raise bad_request("'logit_bias' is not supported", param="logit_bias")
 
 
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+Prompts = Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
+TokenIdPrompts = Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]
+
+
 class CompletionRequest(_GenerationRequest):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
-    max_tokens: Integer | None = Field(16, ge=1)
+    prompt: str | Prompts | TokenIds | TokenIdPrompts
+    max_tokens: Integer | None = Field(16, ge=0)
     echo: bool = False
-    logprobs: Integer | None = Field(None, ge=0, le=20)
+    logprobs: Integer | None = Field(None, ge=0, le=MAX_LOGPROBS)
     best_of: Integer | None = Field(None, ge=1)
     suffix: str | None = None
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: text, or token ids used as they are (no special tokens added)."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if prompt and isinstance(prompt[0], int):
+            return [list(prompt)]  # type: ignore[arg-type]
+        return list(prompt)  # type: ignore[arg-type]
 
     def check_supported(self) -> None:
         super().check_supported()
-        for name, value in (("echo", self.echo), ("logprobs", self.logprobs)):
-            if value:
-                raise bad_request(f"'{name}' is not supported", param=name)
+        if self.max_tokens == 0 and not self.echo:
+            raise bad_request("'max_tokens' may be 0 only with 'echo'", param="max_tokens")
+        if self.stream and len(self.prompts()) > 1:
+            raise bad_request("'stream' takes one prompt per request", param="prompt")
         if self.best_of not in (None, 1):
             raise bad_request("only best_of=1 is supported", param="best_of")
         if self.suffix:
@@ -133,14 +155,14 @@ class ChatCompletionRequest(_GenerationRequest):
     max_tokens: Integer | None = Field(None, ge=1)
     max_completion_tokens: Integer | None = Field(None, ge=1)
     logprobs: bool | None = None
-    top_logprobs: Integer | None = None
+    top_logprobs: Integer | None = Field(None, ge=0, le=MAX_LOGPROBS)
     tools: list[dict] | None = None
     response_format: dict | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.logprobs or self.top_logprobs:
-            raise bad_request("'logprobs' is not supported", param="logprobs")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise bad_request("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
         if self.tools:
             raise bad_request("'tools' (function calling) is not supported", param="tools")
         if self.response_format and self.response_format.get("type", "text") != "text":
@@ -198,10 +220,19 @@ class Usage(BaseModel):
         )
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy completion log-probs, one entry per token of the choice's text."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
 
 
@@ -219,10 +250,27 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    """OpenAI's chat log-probs: one entry per generated token."""
+
+    content: list[ChatTokenLogprob]
+    refusal: None = None
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str
 
 
@@ -243,7 +291,7 @@ class ChatDelta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
 
 

@@ -15,12 +15,18 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BASE_ADAPTER = None  # ``GenerationRequest.adapter`` for the base model
 
 
 class EngineError(Exception):
     """A request the engine cannot run (e.g. an unsupported feature); the gateway answers 400."""
+
+
+class EngineUnavailable(Exception):
+    """The engine cannot take requests now (e.g. its vLLM child died and is being restarted);
+    the gateway answers 503 with this message."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,17 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
+    logprobs: int | None = None  # per generated token: its log-prob and this many alternatives
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token's log-probability under the model (raw logits, before temperature/top-p) and
+    the ``top`` likeliest tokens at that position as ``(token id, log-prob)``, best first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,38 +64,61 @@ class AdapterPart:
 class GenerationRequest:
     """One row to generate: prompt token ids, an internal adapter name (None = base), and who
     it is for: rows of different ``owner``s (the gateway passes the tenant) share the engine's
-    batch fairly."""
+    batch fairly.
+
+    ``prompt_logprobs`` (k ≥ 0) also scores the prompt: a :class:`PromptLogprobs` event comes
+    first. With ``sampling.max_tokens == 0`` the row only scores (one forward pass, no decoding)."""
 
     prompt_ids: list[int]
     sampling: SamplingParams
     adapter: str | None = BASE_ADAPTER
     owner: str | None = None
+    prompt_logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class PromptLogprobs:
+    """The prompt's scores: one entry per prompt token from the second on (the first token has
+    no context, so no log-prob)."""
+
+    entries: tuple[TokenLogprob, ...]
 
 
 @dataclass(frozen=True)
 class TextDelta:
-    """New text for a row (text that could still become a stop string is held back)."""
+    """New text for a row (text that could still become a stop string is held back), and, when
+    ``sampling.logprobs`` is set, the generated tokens released with it."""
 
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
 class Finished:
-    """The end of a row: ``finish_reason`` is ``stop`` (EOS or a stop string) or ``length``."""
+    """The end of a row: ``finish_reason`` is ``stop`` (EOS or a stop string) or ``length``;
+    ``logprobs``: generated tokens not released with a delta (a held-back stop string; never
+    the EOS that ended the row)."""
 
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+Event = PromptLogprobs | TextDelta | Finished
 
 
 @dataclass
 class Generation:
-    """A whole (non-streamed) result."""
+    """A whole (non-streamed) result; ``logprobs`` are the generated tokens' (when asked) and
+    ``prompt_logprobs`` the prompt's (when asked)."""
 
     text: str
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -125,26 +165,42 @@ class Engine(ABC):
         """Forget ``name`` (the gateway never unloads an adapter a request is using)."""
 
     @abstractmethod
-    def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Finished]:
-        """Text deltas, then one Finished. Closing the iterator early cancels the row."""
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        """PromptLogprobs (when asked), text deltas, then one Finished. Closing the iterator
+        early cancels the row."""
 
     def stats(self) -> EngineStats:
         return EngineStats()
 
+    def health(self) -> dict[str, Any]:
+        """What ``/health`` reports for the engine: ``state`` is ``ok`` when it takes requests
+        (anything else answers 503), plus whatever the engine adds (restarts, last exit)."""
+        return {"state": "ok"}
+
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Run several requests concurrently (the engine batches them) and collect the text."""
-        return list(await asyncio.gather(*(self._collect(r) for r in requests)))
+        return list(await asyncio.gather(*(collect(self.stream(r)) for r in requests)))
 
-    async def _collect(self, request: GenerationRequest) -> Generation:
-        parts: list[str] = []
-        async for event in self.stream(request):
-            if isinstance(event, TextDelta):
-                parts.append(event.text)
-            else:
-                return Generation(
-                    "".join(parts),
-                    event.finish_reason,
-                    event.prompt_tokens,
-                    event.completion_tokens,
-                )
-        raise RuntimeError("engine stream ended without a Finished event")
+
+async def collect(events: AsyncIterator[Event]) -> Generation:
+    """A whole :class:`Generation` from a row's events."""
+    parts: list[str] = []
+    logprobs: list[TokenLogprob] = []
+    prompt: list[TokenLogprob] | None = None
+    async for event in events:
+        if isinstance(event, PromptLogprobs):
+            prompt = list(event.entries)
+        elif isinstance(event, TextDelta):
+            parts.append(event.text)
+            logprobs.extend(event.logprobs)
+        else:
+            logprobs.extend(event.logprobs)
+            return Generation(
+                "".join(parts),
+                event.finish_reason,
+                event.prompt_tokens,
+                event.completion_tokens,
+                logprobs,
+                prompt,
+            )
+    raise RuntimeError("the engine stream ended without a Finished event")

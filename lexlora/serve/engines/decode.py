@@ -5,6 +5,10 @@ prefilled together in one pass and their cache is padded on the left to the batc
 appended; finished or cancelled rows leave, and columns that became padding for every row are
 trimmed. Each row carries its own positions, adapter name, sampling settings and limits.
 
+Rows that score their prompt (``prompt_logprobs``, or ``max_tokens`` 0) are prefilled apart, in
+passes of at most ``SCORE_TOKENS`` padded tokens that keep every position's logits: they get their
+prompt's log-probs first, then (unless they only score) join the batch like any other row.
+
 One row's failure is that row's alone: seeding, sampling, stop checks and decoding run per row, and
 a forward pass that raises for the whole batch is rerun row by row (the cache cropped back first),
 so only the rows that fail on their own get the error.
@@ -19,14 +23,17 @@ from functools import partial
 import torch
 from transformers import DynamicCache
 
-from lexlora.serve.engines.base import TextDelta
-from lexlora.serve.engines.rows import Row, choose_token
+from lexlora.serve.engines.base import PromptLogprobs
+from lexlora.serve.engines.rows import Row, choose_token, token_logprobs
 
 log = logging.getLogger("lexlora.serve")
 
-# forward(input_ids, attention_mask, position_ids, cache, adapter_names) -> last-position logits
+SCORE_TOKENS = 2048  # padded prompt tokens per scoring pass (all their logits are kept)
+
+# forward(input_ids, attention_mask, position_ids, cache, adapter_names, every_position) ->
+# the last position's logits [rows, vocab], or every position's [rows, width, vocab]
 Forward = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, DynamicCache, list[str]], torch.Tensor
+    [torch.Tensor, torch.Tensor, torch.Tensor, DynamicCache, list[str], bool], torch.Tensor
 ]
 
 
@@ -79,21 +86,60 @@ class DecodeBatch:
         for row in rows:
             if not row.cancelled.is_set() and _guarded(row, partial(row.start, self._decode)):
                 started.append(row)
-        self._prefill(started)
+        self._prefill([r for r in started if not r.scores_prompt])
+        for group in _scoring_groups([r for r in started if r.scores_prompt]):
+            self._prefill_scoring(group)
 
-    def _prefill(self, rows: list[Row]) -> None:
-        if not rows:
-            return
+    def _inputs(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded ids, attention mask and positions of ``rows``' prompts."""
         width = max(r.prompt_len for r in rows)
         ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
             ids[i, width - row.prompt_len :] = torch.tensor(row.request.prompt_ids)
             mask[i, width - row.prompt_len :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def _prefill_scoring(self, rows: list[Row]) -> None:
+        """One pass keeping every position's logits: each row's prompt log-probs, then the rows
+        that go on generating join the batch (a failed pass is rerun row by row)."""
+        ids, mask, positions = self._inputs(rows)
+        cache = DynamicCache()
+        adapters = [r.peft_adapter for r in rows]
+        try:
+            logits = self._forward(ids, mask, positions, cache, adapters, True)
+        except Exception as exc:
+            if len(rows) == 1:
+                log.warning("a scoring pass failed for one row: %r", exc)
+                rows[0].fail(exc)
+            else:
+                for row in rows:
+                    self._prefill_scoring([row])
+            return
+        width = ids.shape[1]
+        for i, row in enumerate(rows):
+            if row.cancelled.is_set():
+                row.done = True
+            else:
+                _guarded(row, partial(_score_prompt, row, logits[i, width - row.prompt_len :]))
+        going_on = [i for i, row in enumerate(rows) if not row.done]
+        if not going_on:
+            return
+        index = torch.tensor(going_on)
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[index], layer.values[index]
+        self._join([rows[i] for i in going_on], cache, mask[index])
+        self._advance([rows[i] for i in going_on], logits[index, -1])
+
+    def _prefill(self, rows: list[Row]) -> None:
+        if not rows:
+            return
+        ids, mask, positions = self._inputs(rows)
         cache = DynamicCache()
         try:
-            logits = self._forward(ids, mask, positions, cache, [r.peft_adapter for r in rows])
+            logits = self._forward(
+                ids, mask, positions, cache, [r.peft_adapter for r in rows], False
+            )
         except Exception as exc:
             if len(rows) == 1:
                 log.warning("prefill failed for one row: %r", exc)
@@ -118,7 +164,7 @@ class DecodeBatch:
         adapters = [r.peft_adapter for r in self.rows]
         self.peak_rows = max(self.peak_rows, len(self.rows))
         try:
-            logits = self._forward(ids, mask, positions, self._cache, adapters)
+            logits = self._forward(ids, mask, positions, self._cache, adapters, False)
         except Exception as exc:
             log.warning("a step failed for %d rows (%r): rerunning row by row", len(ids), exc)
             for layer in self._cache.layers:  # undo the layers the failed pass extended
@@ -149,7 +195,7 @@ class DecodeBatch:
             one, one_row = _select(cache, i), slice(i, i + 1)
             try:
                 logits = self._forward(
-                    ids[one_row], mask[one_row], positions[one_row], one, [row.peft_adapter]
+                    ids[one_row], mask[one_row], positions[one_row], one, [row.peft_adapter], False
                 )
             except Exception as exc:
                 log.warning("a decode step failed for one row: %r", exc)
@@ -171,12 +217,17 @@ class DecodeBatch:
         token = choose_token(logits, row)
         row.generated.append(token)
         self.generated_tokens += 1
-        self._check_end(row, token)
+        sampling = row.request.sampling
+        ends_row = token in self._eos_ids and not sampling.ignore_eos
+        if sampling.logprobs is not None and not ends_row:  # the EOS is not part of the text
+            logprobs = torch.log_softmax(logits.float(), dim=-1).unsqueeze(0)
+            row.pending.extend(token_logprobs(logprobs, [token], sampling.logprobs))
+        self._check_end(row, token, ends_row)
 
-    def _check_end(self, row: Row, token: int) -> None:
+    def _check_end(self, row: Row, token: int, ends_row: bool) -> None:
         sampling = row.request.sampling
         assert row.text is not None
-        if token in self._eos_ids and not sampling.ignore_eos:
+        if ends_row:
             self._emit_text(row, row.text.flush(row.generated[:-1]))
             row.finish("stop")
             return
@@ -195,8 +246,7 @@ class DecodeBatch:
 
     @staticmethod
     def _emit_text(row: Row, text: str) -> None:
-        if text:
-            row.emit(TextDelta(text))
+        row.release(text)
 
     def _drop_cancelled(self) -> None:
         for row in self.rows:
@@ -238,6 +288,34 @@ class DecodeBatch:
         for layer in self._cache.layers:
             layer.keys = layer.keys[index, :, start:]
             layer.values = layer.values[index, :, start:]
+
+
+def _scoring_groups(rows: list[Row]) -> list[list[Row]]:
+    """``rows`` in arrival order, cut into passes of at most ``SCORE_TOKENS`` padded tokens (a
+    longer row goes alone)."""
+    groups: list[list[Row]] = []
+    width = 0
+    for row in rows:
+        wider = max(width, row.prompt_len)
+        if groups and wider * (len(groups[-1]) + 1) <= SCORE_TOKENS:
+            groups[-1].append(row)
+            width = wider
+        else:
+            groups.append([row])
+            width = row.prompt_len
+    return groups
+
+
+def _score_prompt(row: Row, logits: torch.Tensor) -> None:
+    """Emit ``row``'s prompt log-probs from its ``[prompt_len, vocab]`` logits (each position
+    predicts the next token); a score-only row ends here."""
+    request = row.request
+    if request.prompt_logprobs is not None:
+        logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
+        entries = token_logprobs(logprobs, request.prompt_ids[1:], request.prompt_logprobs)
+        row.emit(PromptLogprobs(tuple(entries)))
+    if request.sampling.max_tokens == 0:
+        row.finish("length")
 
 
 def _guarded(row: Row, work: Callable[[], None]) -> bool:

@@ -44,8 +44,8 @@ from lexlora.serve.engines.base import (
     EngineStats,
     Finished,
     GenerationRequest,
-    TextDelta,
 )
+from lexlora.serve.engines.base import Event as EngineEvent
 from lexlora.serve.engines.decode import DecodeBatch
 from lexlora.serve.engines.rows import Event, Row
 
@@ -210,7 +210,7 @@ class EmbeddedEngine(Engine):
 
     # -- generation -----------------------------------------------------------------------------
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Finished]:
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
         if not request.prompt_ids:
             raise EngineError("the prompt is empty")
         if len(request.prompt_ids) >= self._max_context:
@@ -256,6 +256,7 @@ class EmbeddedEngine(Engine):
         positions: torch.Tensor,
         cache: DynamicCache,
         adapters: list[str],
+        every_position: bool = False,
     ) -> torch.Tensor:
         kwargs: dict[str, Any] = {
             "input_ids": ids,
@@ -263,13 +264,13 @@ class EmbeddedEngine(Engine):
             "position_ids": positions,
             "cache": cache,
             "use_cache": True,
-            "logits_to_keep": 1,
+            "logits_to_keep": 0 if every_position else 1,
         }
         if self._peft is None:
             out = self._model(**kwargs)
         else:
             out = self._peft(**kwargs, adapter_names=adapters)
-        return out.logits[:, -1, :]
+        return out.logits if every_position else out.logits[:, -1, :]
 
     def _accept(self, rows: list[Row]) -> list[Row]:
         """Rows whose adapter is resident; the others get an error (never base output)."""

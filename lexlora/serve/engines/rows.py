@@ -13,9 +13,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lexlora.serve.engines.base import Finished, GenerationRequest, TextDelta
+from lexlora.serve.engines.base import (
+    Finished,
+    GenerationRequest,
+    PromptLogprobs,
+    TextDelta,
+    TokenLogprob,
+)
 
-Event = TextDelta | Finished | BaseException
+Event = PromptLogprobs | TextDelta | Finished | BaseException
 PEFT_BASE = "__base__"  # PEFT's adapter name for "no adapter" in mixed batches
 
 
@@ -66,6 +72,7 @@ class Row:
     text: StopText | None = None
     generator: torch.Generator | None = None
     done: bool = False
+    pending: list[TokenLogprob] = field(default_factory=list)  # logprobs not yet released
 
     @property
     def peft_adapter(self) -> str:
@@ -83,15 +90,47 @@ class Row:
             seed = sampling.seed if sampling.seed is not None else random.getrandbits(63)
             self.generator = torch.Generator().manual_seed(seed)
 
+    @property
+    def scores_prompt(self) -> bool:
+        """The row asks for its prompt's log-probs, or only scores (``max_tokens`` 0)."""
+        request = self.request
+        return request.prompt_logprobs is not None or request.sampling.max_tokens == 0
+
+    def release(self, text: str) -> None:
+        """Let ``text`` out, with the generated tokens' log-probs held so far."""
+        if text:
+            self.emit(TextDelta(text, tuple(self.pending)))
+            self.pending.clear()
+
     def finish(self, reason: str) -> None:
         self.done = True
-        self.emit(Finished(reason, self.prompt_len, len(self.generated)))
+        self.emit(Finished(reason, self.prompt_len, len(self.generated), tuple(self.pending)))
+        self.pending.clear()
 
     def fail(self, error: BaseException) -> None:
         """End this row with ``error`` (once; a row that already ended is left alone)."""
         if not self.done:
             self.done = True
             self.emit(error)
+
+
+def token_logprobs(logprobs: torch.Tensor, tokens: list[int], k: int) -> list[TokenLogprob]:
+    """One :class:`TokenLogprob` per position: ``logprobs`` is ``[positions, vocab]``
+    (log-softmaxed), ``tokens`` the token at each position, ``k`` how many alternatives."""
+    if not tokens:
+        return []
+    chosen = logprobs.gather(1, torch.tensor(tokens).unsqueeze(1)).squeeze(1).tolist()
+    if k > 0:
+        values, ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+        tops = [
+            tuple(zip(i, v, strict=True))
+            for i, v in zip(ids.tolist(), values.tolist(), strict=True)
+        ]
+    else:
+        tops = [()] * len(tokens)
+    return [
+        TokenLogprob(token, lp, top) for token, lp, top in zip(tokens, chosen, tops, strict=True)
+    ]
 
 
 def choose_token(logits: torch.Tensor, row: Row) -> int:
