@@ -81,7 +81,7 @@ bench-export: setup
 	$(BIN)/python scripts/bench_export.py
 
 bench-eval: setup
-	$(BIN)/python scripts/bench_eval.py
+	$(BIN)/python scripts/bench_eval.py --endpoint
 
 bench-serve: setup
 	$(BIN)/python scripts/bench_serve.py

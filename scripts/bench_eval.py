@@ -1,12 +1,14 @@
-"""Benchmark evaluation: items/s in-process and through an OpenAI-compatible endpoint.
+"""Benchmark evaluation: item-scores/s in-process and through an OpenAI-compatible endpoint.
 
 - ``in-process``: the full ``lexlora eval`` of the recipe's newest run (base + adapter + sweep),
-  timed end to end (target: ≤ 5 minutes for the default recipe on 2 cores), and items/s;
-- ``endpoint`` (with ``--endpoint``): the same evaluation through the endpoint's API.
+  timed end to end (target: ≤ 5 minutes for the default recipe on 2 cores), and item-scores/s;
+- ``endpoint`` (with ``--endpoint``): the same evaluation through ``lexlora serve`` (started here
+  on 127.0.0.1 with the run's adapter published to a temporary store, the embedded engine), or
+  through the server at ``--endpoint URL``; its speed as a ratio of in-process (goal ≥ 0.8x).
 
 Prints a table and writes reports/bench/bench_eval.json.
 
-    python scripts/bench_eval.py [--recipe legal_contracts]
+    python scripts/bench_eval.py [--recipe legal_contracts] [--max-items 40] [--endpoint]
     python scripts/bench_eval.py --endpoint http://127.0.0.1:8000 --endpoint-model contracts \\
         --api-key KEY
 """
@@ -14,10 +16,13 @@ Prints a table and writes reports/bench/bench_eval.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from bench_serve import gateway, sha
 from rich.console import Console
 from rich.table import Table
 
@@ -35,7 +40,7 @@ def timed(recipe, scorer, label: str, out: Path) -> dict:
     result = evaluate(recipe, scorer, dataset_dir(recipe), label, out_root=out, log=lambda _: None)
     seconds = time.perf_counter() - start
     items = result.metrics["items"]
-    n = items["choice"] + items["open"] + items["sanity"]
+    n = sum(items[k] for k in ("choice", "open", "sanity", "recall", "general"))
     variants = 2 + sum(1 for r in result.metrics["sweep"] if r["scale"] not in (0.0, 1.0))
     return {
         "seconds": round(seconds, 1),
@@ -46,11 +51,39 @@ def timed(recipe, scorer, label: str, out: Path) -> dict:
     }
 
 
+SERVED_KEY = "sk-bench-eval"
+
+
+@contextlib.contextmanager
+def served(recipe, base_path: str, tmp: Path) -> Iterator[str]:
+    """``lexlora serve`` (embedded engine) with the recipe's newest run published as
+    ``bench/adapter``; yields its URL."""
+    from lexlora.export.exporter import export_run
+    from lexlora.registry import AdapterStore
+
+    store = AdapterStore(tmp / "store")
+    export_run(latest_run_dir(recipe), "bench", "adapter", store=store, log=lambda *_: None)
+    config = {
+        "base_model": base_path,
+        "store": str(store.root),
+        "max_batch_size": 16,
+        "max_queue": 64,
+        "tenants": {"bench": {"api_key_sha256": [sha(SERVED_KEY)], "adapters": ["adapter"]}},
+    }
+    with gateway(config, tmp, "serve") as url:
+        yield url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="legal_contracts")
-    parser.add_argument("--endpoint")
-    parser.add_argument("--endpoint-model")
+    parser.add_argument(
+        "--endpoint",
+        nargs="?",
+        const="serve",
+        help="Also score through an endpoint: alone, a lexlora serve started here; or its URL.",
+    )
+    parser.add_argument("--endpoint-model", default="adapter")
     parser.add_argument("--endpoint-base", default="base")
     parser.add_argument("--api-key", default="none")
     parser.add_argument("--skip-in-process", action="store_true")
@@ -70,15 +103,23 @@ def main() -> None:
         if args.endpoint:
             from lexlora.eval.endpoint import EndpointScorer
 
-            remote = EndpointScorer(
-                args.endpoint,
-                args.api_key,
-                args.endpoint_base,
-                args.endpoint_model,
-                resolve_base_model(recipe.model.base),
-            )
-            results["endpoint"] = timed(recipe, remote, "bench", Path(tmp))
-    table = Table("path", "seconds", "items", "variants", "item-scores/s", "≤ 5 min")
+            base_path = resolve_base_model(recipe.model.base)
+            with contextlib.ExitStack() as stack:
+                url, key = args.endpoint, args.api_key
+                if url == "serve":
+                    url, key = stack.enter_context(served(recipe, base_path, Path(tmp))), SERVED_KEY
+                remote = EndpointScorer(
+                    url, key, args.endpoint_base, args.endpoint_model, base_path
+                )
+                results["endpoint"] = timed(recipe, remote, "bench", Path(tmp))
+    if "in-process" in results and "endpoint" in results:
+        ratio = (
+            results["endpoint"]["item_scores_per_s"] / results["in-process"]["item_scores_per_s"]
+        )
+        results["endpoint"]["vs_in_process"] = round(ratio, 2)
+    table = Table(
+        "path", "seconds", "items", "variants", "item-scores/s", "vs in-process", "≤ 5 min"
+    )
     for name, r in results.items():
         table.add_row(
             name,
@@ -86,6 +127,7 @@ def main() -> None:
             str(r["items"]),
             str(r["variants_scored"]),
             f"{r['item_scores_per_s']:.2f}",
+            f"{r['vs_in_process']:.2f}x" if "vs_in_process" in r else "",
             "yes" if r["meets_5_minutes"] else "NO",
         )
     Console().print(table)

@@ -1,7 +1,9 @@
 """lm-evaluation-harness against `lexlora serve` (a real server process on 127.0.0.1): the
 `lm_eval` CLI scores a local multiple-choice task (prompt log-likelihoods: echo + logprobs) and a
 local generation task through `local-completions`, 4 requests at a time, and every figure equals
-lexlora's in-process HF + PEFT computation on the same items."""
+lexlora's in-process HF + PEFT computation on the same items: on the embedded engine with the
+tiny model, and (slow, needs `make setup-vllm`) on the vLLM engine with SmolLM2-135M and a
+published adapter."""
 
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import running_server
-from serve_reference import offline_logprobs, offline_model, sha
+from serve_reference import offline_model, random_adapter, sha
 from transformers import AutoTokenizer
 
-from lexlora.export.exporter import export_run
+from lexlora.export.exporter import base_config_hash, export_run
+from lexlora.models import resolve_base_model
 from lexlora.registry import AdapterStore
 
 pytest.importorskip("lm_eval", reason="lm-eval is a dev dependency: run `make setup`")
@@ -25,28 +28,59 @@ pytest.importorskip("lm_eval", reason="lm-eval is a dev dependency: run `make se
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "tests" / "lm_eval"
 KEY = "sk-lm-eval"
-TOLERANCE = 1e-4
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+TOLERANCE = {"embedded": 1e-4, "vllm": 2e-3}  # vLLM's fp32 kernels differ from HF's a little
 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="module")
-def served(tiny_model, tiny_run, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("lm-eval")
+@pytest.fixture(
+    scope="module",
+    params=[
+        "embedded",
+        pytest.param(
+            "vllm",
+            marks=[
+                pytest.mark.slow,
+                pytest.mark.skipif(
+                    not VLLM_PYTHON.exists(), reason="no .venv-vllm: run `make setup-vllm`"
+                ),
+            ],
+        ),
+    ],
+)
+def served(request, tiny_model, tiny_run, tmp_path_factory):
+    """(engine, URL, base model folder, adapter folder, tmp): the tiny model and its trained
+    adapter on the embedded engine; SmolLM2-135M and a random rank-8 adapter on vLLM."""
+    engine = request.param
+    tmp = tmp_path_factory.mktemp(f"lm-eval-{engine}")
     store = AdapterStore(tmp / "store")
-    adapter = export_run(tiny_run, "acme", "contracts", store=store, log=lambda *_: None)
-    config = {
-        "base_model": str(tiny_model),
-        "store": str(store.root),
-        "max_batch_size": 8,
-        "max_queue": 16,
-        "threads": 1,
-        "tenants": {"acme": {"api_key_sha256": [sha(KEY)], "adapters": ["contracts"]}},
-    }
-    with running_server(config, tmp) as (url, _):
-        yield url, adapter.published.path, tmp
+    config: dict = {"max_batch_size": 8, "max_queue": 16}
+    if engine == "embedded":
+        base = Path(tiny_model)
+        quiet = lambda *_: None  # noqa: E731
+        adapter = export_run(tiny_run, "acme", "contracts", store=store, log=quiet).published.path
+        config.update(threads=1)
+    else:
+        base = Path(resolve_base_model("smollm2-135m-instruct"))
+        meta = {"base_model": str(base), "base_config_hash": base_config_hash(str(base))}
+        folder = random_adapter(base, tmp / "rand", rank=8)
+        adapter = store.publish("acme", "contracts", folder, {**meta, "rank": 8}).path
+        config.update(
+            engine="vllm",
+            vllm_python=str(VLLM_PYTHON),
+            max_lora_rank=8,
+            vllm_startup_timeout=400,
+        )
+    config.update(
+        base_model=str(base),
+        store=str(store.root),
+        tenants={"acme": {"api_key_sha256": [sha(KEY)], "adapters": ["contracts"]}},
+    )
+    with running_server(config, tmp, timeout=600) as (url, _):
+        yield engine, url, base, adapter, tmp
 
 
 def run_lm_eval(url: str, tokenizer: Path, out: Path, model: str = "contracts") -> Path:
@@ -82,19 +116,21 @@ def results(out: Path) -> dict:
     return json.loads(path.read_text())["results"]
 
 
-def continuation_logprob(tok, logprobs_of, context: str, continuation: str) -> float:
+def continuation_logprob(tok, model, context: str, continuation: str) -> float:
     """lm-eval's split (encode the whole, then the context) scored in one unpadded pass."""
     context_ids = tok(context, add_special_tokens=False)["input_ids"]
     whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
-    scores = logprobs_of(whole)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([whole])).logits[0]
+    scores = torch.log_softmax(logits.float(), dim=-1)
     return sum(scores[i - 1, whole[i]].item() for i in range(len(context_ids), len(whole)))
 
 
-def test_lm_eval_scores_through_lexlora_serve_equal_in_process(served, tiny_model):
-    url, adapter, tmp = served
-    out = run_lm_eval(url, tiny_model, tmp / "lm-eval-out")
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    parts = [(adapter, 1.0)]
+def test_lm_eval_scores_through_lexlora_serve_equal_in_process(served):
+    engine, url, base, adapter, tmp = served
+    out = run_lm_eval(url, base, tmp / "lm-eval-out")
+    tok = AutoTokenizer.from_pretrained(base)
+    model = offline_model(base, [(adapter, 1.0)])
 
     mc = samples(out, "lexlora_clauses_mc")
     docs = read_jsonl(TASKS / "clauses_mc.jsonl")
@@ -102,16 +138,11 @@ def test_lm_eval_scores_through_lexlora_serve_equal_in_process(served, tiny_mode
     correct = 0
     for sample, doc in zip(mc, docs, strict=True):
         local = [
-            continuation_logprob(
-                tok,
-                lambda ids: offline_logprobs(tiny_model, ids, parts),
-                doc["question"],
-                " " + choice,
-            )
+            continuation_logprob(tok, model, doc["question"], " " + choice)
             for choice in doc["choices"]
         ]
         served_ll = [float(r[0][0]) for r in sample["resps"]]
-        assert all(abs(a - b) < TOLERANCE for a, b in zip(served_ll, local, strict=True))
+        assert served_ll == pytest.approx(local, abs=TOLERANCE[engine])
         correct += int(max(range(len(local)), key=local.__getitem__) == doc["label"])
     accuracy = results(out)["lexlora_clauses_mc"]["acc,none"]
     assert accuracy == pytest.approx(correct / len(docs))
@@ -119,7 +150,6 @@ def test_lm_eval_scores_through_lexlora_serve_equal_in_process(served, tiny_mode
     gen = samples(out, "lexlora_clauses_gen")
     docs = read_jsonl(TASKS / "clauses_gen.jsonl")
     assert len(gen) == len(docs)
-    model = offline_model(tiny_model, parts)
     for sample, doc in zip(gen, docs, strict=True):
         ids = tok(doc["question"], add_special_tokens=False)["input_ids"]
         with torch.no_grad():

@@ -47,32 +47,56 @@ class LocalScorer:
 
     @torch.no_grad()
     def choice_logprobs(self, items: Sequence[EvalItem]) -> list[list[float]]:
-        """Per item, the log-probability of each option (see :func:`option_texts`). Items whose
-        options are one token each (Yes/No) are scored in batches of similar length from the
-        prompt's last logits (:meth:`_last_logprobs`); the others encode the prompt once and share
-        its KV cache across options."""
+        """Per item, the log-probability of each option (see :func:`option_texts`). Items are
+        scored in batches of similar prompt length (:meth:`_options_batch`)."""
+        prompts = [self._ids(self.prompt_text(item)) for item in items]
         options = [[self._ids(text) for text in option_texts(i, self.end)] for i in items]
-        scores: list[list[float] | None] = [None] * len(items)
-        prompts = {
-            n: self._ids(self.prompt_text(items[n]))
-            for n, opts in enumerate(options)
-            if all(len(o) == 1 for o in opts)
-        }
-        single = sorted(prompts, key=lambda n: len(prompts[n]))
-        for start in range(0, len(single), self.batch_size):
-            rows = single[start : start + self.batch_size]
-            last = self._last_logprobs([prompts[n] for n in rows])
-            for row, n in enumerate(rows):
-                scores[n] = [last[row, o[0]].item() for o in options[n]]
-        for n, item in enumerate(items):
-            if scores[n] is None:
-                scores[n] = self._options_logprobs(item)
+        order = sorted(range(len(items)), key=lambda n: len(prompts[n]))
+        scores: list[list[float]] = [[] for _ in items]
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            batch = self._options_batch([prompts[n] for n in rows], [options[n] for n in rows])
+            for n, row in zip(rows, batch, strict=True):
+                scores[n] = row
         return scores
 
-    def _last_logprobs(self, prompts: list[list[int]]) -> torch.Tensor:
-        """Next-token log-probabilities after each prompt. The prefix all prompts share (the chat
-        template's system turn) is encoded once and its KV cache reused; the rest is right-padded
-        into one batch, and each row is read at its own last token."""
+    def _options_batch(
+        self, prompts: list[list[int]], options: list[list[list[int]]]
+    ) -> list[list[float]]:
+        """Each prompt's options' log-probabilities in two passes: the prompts together
+        (:meth:`_encode_prompts`) give every option's first token; then every option longer than
+        one token, on a copy of its prompt's KV cache, gives the rest."""
+        cache, mask, first = self._encode_prompts(prompts)
+        scores = [[first[b, o[0]].item() for o in opts] for b, opts in enumerate(options)]
+        tails = [(b, k, o) for b, opts in enumerate(options) for k, o in enumerate(opts) if o[1:]]
+        if not tails:
+            return scores
+        index = torch.tensor([b for b, _, _ in tails])
+        cache.batch_select_indices(index)
+        width = max(len(o) - 1 for _, _, o in tails)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([o[:-1] + [pad] * (width + 1 - len(o)) for _, _, o in tails])
+        tail_mask = torch.tensor(
+            [[1] * (len(o) - 1) + [0] * (width + 1 - len(o)) for *_, o in tails]
+        )
+        starts = torch.tensor([len(prompts[b]) for b, _, _ in tails])
+        logits = self.model(
+            input_ids=ids,
+            attention_mask=torch.cat([mask[index], tail_mask], 1),
+            position_ids=starts[:, None] + torch.arange(width),
+            cache=cache,
+        ).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for row, (b, k, option) in enumerate(tails):
+            rest = logprobs[row, torch.arange(len(option) - 1), torch.tensor(option[1:])]
+            scores[b][k] += rest.sum().item()
+        return scores
+
+    def _encode_prompts(self, prompts: list[list[int]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """One pass over ``prompts``: the prefix they all share (the chat template's system
+        turn) is encoded once and its KV cache reused, the rest right-padded into one batch.
+        Returns the cache, its attention mask and each prompt's next-token log-probabilities
+        (read at its own last token; only those positions reach the vocabulary projection)."""
         shared = min(len(p) for p in prompts) - 1
         for p in prompts[1:]:
             shared = next((i for i in range(shared) if p[i] != prompts[0][i]), shared)
@@ -84,45 +108,17 @@ class LocalScorer:
         width = max(len(r) for r in rests)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in rests])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rests])
-        logits = self.model(
+        rest_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rests])
+        mask = torch.cat([torch.ones(len(rests), shared, dtype=rest_mask.dtype), rest_mask], 1)
+        out = self.model(
             input_ids=ids,
-            attention_mask=torch.cat([torch.ones(len(rests), shared, dtype=mask.dtype), mask], 1),
+            attention_mask=mask,
             position_ids=torch.arange(shared, shared + width).expand(len(rests), -1),
             cache=cache,
-            use_cache=cache is not None,
-        ).logits
-        last = logits[torch.arange(len(rests)), torch.tensor([len(r) - 1 for r in rests])]
-        return torch.log_softmax(last.float(), dim=-1)
-
-    def _options_logprobs(self, item: EvalItem) -> list[float]:
-        prompt = torch.tensor([self._ids(self.prompt_text(item))])
-        options = [self._ids(text) for text in option_texts(item, self.end)]
-        out = self.model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-        cache = out.cache
-        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        width = max(len(o) for o in options)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.tensor([o + [pad] * (width - len(o)) for o in options])
-        mask = torch.tensor([[1] * len(o) + [0] * (width - len(o)) for o in options])
-        cache.batch_repeat_interleave(len(options))
-        n_prompt = prompt.shape[1]
-        follow = self.model(
-            input_ids=ids,
-            attention_mask=torch.cat(
-                [torch.ones(len(options), n_prompt, dtype=mask.dtype), mask], 1
-            ),
-            position_ids=torch.arange(n_prompt, n_prompt + width).expand(len(options), -1),
-            cache=cache,
-        ).logits.float()
-        logprobs = torch.log_softmax(follow, dim=-1)
-        scores = []
-        for row, option in enumerate(options):
-            total = first[option[0]].item()
-            for j in range(1, len(option)):
-                total += logprobs[row, j - 1, option[j]].item()
-            scores.append(total)
-        return scores
+            use_cache=True,
+            logits_to_keep=torch.tensor([[len(r) - 1] for r in rests]),
+        )
+        return out.cache, mask, torch.log_softmax(out.logits[:, 0].float(), dim=-1)
 
     @torch.no_grad()
     def answer_nll(self, items: Sequence[EvalItem]) -> list[float]:
