@@ -234,6 +234,16 @@ def tiny_run(tiny_model, tmp_path_factory) -> Path:
     return Path(train(make_recipe(tmp, tiny_model)).run_dir)
 
 
+VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+NEEDS_VLLM = [  # pytest marks of every test that starts a real vLLM server
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not VLLM_PYTHON.exists(),
+        reason=".venv-vllm does not exist: run `make setup-vllm` to test the vLLM engine",
+    ),
+]
+
+
 def free_port() -> int:
     import socket
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import running_server
+from conftest import NEEDS_VLLM, VLLM_PYTHON, running_server
 from serve_reference import offline_model, random_adapter, sha
 from transformers import AutoTokenizer
 
@@ -28,7 +28,6 @@ pytest.importorskip("lm_eval", reason="lm-eval is a dev dependency: run `make se
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "tests" / "lm_eval"
 KEY = "sk-lm-eval"
-VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 TOLERANCE = {"embedded": 1e-4, "vllm": 2e-3}  # vLLM's fp32 kernels differ from HF's a little
 
 
@@ -40,15 +39,7 @@ def read_jsonl(path: Path) -> list[dict]:
     scope="module",
     params=[
         "embedded",
-        pytest.param(
-            "vllm",
-            marks=[
-                pytest.mark.slow,
-                pytest.mark.skipif(
-                    not VLLM_PYTHON.exists(), reason="no .venv-vllm: run `make setup-vllm`"
-                ),
-            ],
-        ),
+        pytest.param("vllm", marks=NEEDS_VLLM),
     ],
 )
 def served(request, tiny_model, tiny_run, tmp_path_factory):

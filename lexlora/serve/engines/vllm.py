@@ -4,26 +4,26 @@ Child process (``engine: vllm``, no ``vllm_url``): ``python -m vllm.entrypoints.
 --model BASE --enable-lora --max-lora-rank R --max-loras N --max-model-len L --dtype float32
 --host 127.0.0.1 --port P --generation-config vllm`` with the Python of vLLM's own venv
 (``make setup-vllm`` builds ``.venv-vllm``; ``vllm_python`` points elsewhere),
-``VLLM_CPU_KVCACHE_SPACE`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``. The gateway waits for
-its ``/health``; its output is forwarded to stderr prefixed ``[vllm]``. On close it gets SIGTERM,
-and its process group SIGKILL if it has not exited 15 s later (and SIGTERM if the gateway dies).
-``vllm_args`` are appended last, so they override (e.g. ``[--dtype, bfloat16]`` on a GPU). The
-child listens on 127.0.0.1 and requires a random API key (``VLLM_API_KEY``, in its environment, not
-on its command line), so a tenant cannot reach it around the gateway.
+``VLLM_CPU_KVCACHE_SPACE`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``
+(:mod:`~lexlora.serve.engines.vllm_process` runs it). ``vllm_args`` are appended last, so they
+override (e.g. ``[--dtype, bfloat16]`` on a GPU). The child listens on 127.0.0.1 and requires a
+random API key (``VLLM_API_KEY``, in its environment, not on its command line), so a tenant cannot
+reach it around the gateway. When it dies (or stops answering ``/health``), requests in flight and
+new ones fail at once with :class:`EngineUnavailable` (the gateway's 503) while it is started again
+on a new port with every adapter reloaded under its name; ``health()`` says where it stands.
 
 Attached (``vllm_url``): the server must run with ``--enable-lora`` and
 ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` and read the adapter store's paths; the gateway sends the
-``VLLM_API_KEY`` of its own environment, if set.
+``VLLM_API_KEY`` of its own environment, if set. While its ``/health`` fails the engine is
+``unreachable``; when it answers again the adapters are loaded again.
 
 Adapters are loaded with ``POST /v1/load_lora_adapter {"lora_name", "lora_path"}`` and unloaded with
 ``/v1/unload_lora_adapter`` under the gateway's tenant-unique internal names. Scaled and composed
 adapters are written as one PEFT folder (:mod:`lexlora.serve.engines.weighted`, exact: the cat
 construction) in a temporary folder and loaded like any other; their rank must fit
-``max_lora_rank``. Generation goes to ``/v1/completions`` (always streamed) with the prompt as token
-ids and ``model`` = the internal adapter name or the base; vLLM returns token ids, and the text is
-decoded here exactly as the embedded engine does (stop strings, held-back partial characters,
-EOS). vLLM's 4xx answers become :class:`EngineError` (the gateway's 400); a vLLM that fails or is
-unreachable is a server error.
+``max_lora_rank``. Requests go to ``/v1/completions`` (:mod:`~lexlora.serve.engines.vllm_client`:
+bodies, log-probs, and the gate that keeps prompt-scoring requests out of the batches that crash
+vllm-cpu 0.32.0). vLLM's 4xx answers become :class:`EngineError` (the gateway's 400).
 
 On vllm-cpu 0.32.0 the lexlora plugin (:mod:`lexlora.serve.vllm_plugin`, installed by
 ``make setup-vllm``) fixes base-model rows batched with LoRA rows.
@@ -39,12 +39,8 @@ import logging
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -58,78 +54,41 @@ from lexlora.serve.engines.base import (
     Engine,
     EngineError,
     EngineStats,
-    Finished,
+    EngineUnavailable,
+    Event,
     GenerationRequest,
-    TextDelta,
 )
-from lexlora.serve.engines.rows import StopText
+from lexlora.serve.engines.vllm_client import (
+    BatchGate,
+    Flights,
+    RowEvents,
+    compatible,
+    completion_body,
+    kind,
+    message,
+    score_events,
+)
+from lexlora.serve.engines.vllm_process import (
+    CLOSED,
+    OK,
+    STARTING,
+    ChildServer,
+    Supervisor,
+    describe_exit,
+    find_vllm_python,
+    free_port,
+    model_positions,
+)
 from lexlora.serve.engines.weighted import write_weighted_adapter
+
+__all__ = ["VllmEngine", "find_vllm_python", "model_positions"]
 
 log = logging.getLogger("lexlora.serve")
 
-VENV_NAME = ".venv-vllm"
 DEFAULT_MODEL_LEN = 2048  # when neither max_model_len nor max_context is set (and the model allows)
-STOP_GRACE_S = 15.0
-
-
-def find_vllm_python(configured: Path | None) -> Path:
-    """The Python of vLLM's venv: ``configured`` (a python or a venv folder), else ``.venv-vllm``
-    in the current folder or in the lexlora checkout."""
-    if configured is not None:
-        path = Path(configured).expanduser()
-        if path.is_dir():
-            path = path / "bin" / "python"
-        if not path.exists():
-            raise LexloraError(f"serve config vllm_python: {path} does not exist")
-        return path
-    checkout = Path(__file__).resolve().parents[3]
-    candidates = [Path.cwd() / VENV_NAME, checkout / VENV_NAME]
-    for venv in candidates:
-        if (venv / "bin" / "python").exists():
-            return venv / "bin" / "python"
-    looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
-    raise LexloraError(
-        f"engine vllm: no vLLM venv found (looked in {looked}): run `make setup-vllm`, "
-        "or set vllm_python (a venv with vLLM) or vllm_url (a running vLLM server)"
-    )
-
-
-def model_positions(base_path: str) -> int | None:
-    """``max_position_embeddings`` of a local model folder (None if unknown)."""
-    config = Path(base_path) / "config.json"
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    text = data.get("text_config") or {}
-    value = data.get("max_position_embeddings") or text.get("max_position_embeddings")
-    return int(value) if value else None
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: SIGTERM the child if the gateway dies without closing it (PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _message(response: httpx.Response) -> str:
-    """The error message of a vLLM error body (OpenAI's shape), or the raw text."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:500] or f"HTTP {response.status_code}"
-    error = body.get("error", body) if isinstance(body, dict) else body
-    if isinstance(error, dict):
-        return str(error.get("message") or error)[:500]
-    return str(error)[:500]
+PLUGIN_ACTIVE = "lexlora plugin active"  # the plugin's log line in vLLM's workers
+ENGINE_DEAD = "EngineCore encountered an issue"  # vLLM's answer once its engine core died
+PROBE_TIMEOUT_S = 10.0
 
 
 class VllmEngine(Engine):
@@ -151,12 +110,14 @@ class VllmEngine(Engine):
         kv_cache_gib: float = 1.0,
         startup_timeout: float = 300.0,
         extra_args: Sequence[str] = (),
+        supervision: dict[str, float] | None = None,
     ) -> None:
         from transformers import AutoTokenizer
 
         self.base_path = base_path
         self.tokenizer = AutoTokenizer.from_pretrained(base_path)  # the gateway's too
-        self._url = url.rstrip("/") if url else None
+        self._attached_url = url.rstrip("/") if url else None
+        self._url = self._attached_url
         self._python = None if url else find_vllm_python(python)
         positions = model_positions(base_path)
         length = max_model_len or max_context or min(positions or DEFAULT_MODEL_LEN, 2048)
@@ -168,14 +129,20 @@ class VllmEngine(Engine):
         self._kv_cache_gib = kv_cache_gib
         self._startup_timeout = startup_timeout
         self._extra_args = list(extra_args)
-        self._proc: subprocess.Popen | None = None
-        self._tail: collections.deque[str] = collections.deque(maxlen=400)
+        self._supervision = dict(supervision or {})  # Supervisor keyword arguments (tests)
         self._api_key = os.environ.get("VLLM_API_KEY") if url else secrets.token_urlsafe(24)
-        self._reader: threading.Thread | None = None
+        self._tail: collections.deque[str] = collections.deque(maxlen=400)
+        self._child: ChildServer | None = None
         self._client: httpx.AsyncClient | None = None
         self._tmp: Path | None = None
         self._base_name: str | None = None
-        self._adapters: set[str] = set()
+        self._adapters: dict[str, Path] = {}  # internal name -> folder, reloaded after a restart
+        self._gate = BatchGate(self._compatible)
+        self._flights = Flights()
+        self._base_scores_batch = False
+        self._supervisor: Supervisor | None = None
+        self._watch: asyncio.Task | None = None
+        self._state = STARTING
         self._running = 0
         self._peak = 0
         self._generated = 0
@@ -194,8 +161,14 @@ class VllmEngine(Engine):
 
     @property
     def process(self) -> subprocess.Popen | None:
-        """The child vLLM server (None when attached by URL)."""
-        return self._proc
+        """The child vLLM server's ``Popen`` (None when attached by URL)."""
+        return self._child.proc if self._child is not None else None
+
+    @property
+    def batches_base_scores(self) -> bool:
+        """Whether base-model prompt scores share vLLM's batch with other base rows (the lexlora
+        plugin runs in the child); otherwise every prompt-scoring request runs alone."""
+        return self._base_scores_batch
 
     def command(self, port: int) -> list[str]:
         """The child server's command line."""
@@ -240,140 +213,171 @@ class VllmEngine(Engine):
             return
         self._tmp = Path(tempfile.mkdtemp(prefix="lexlora-vllm-"))
         try:
-            if self._url is None:
-                port = _free_port()
-                self._url = f"http://127.0.0.1:{port}"
-                self._spawn(port)
-            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-            self._client = httpx.AsyncClient(
-                base_url=self._url, headers=headers, timeout=httpx.Timeout(600.0, connect=10.0)
-            )
-            await self._wait_healthy()
-            await self._read_models()
+            await self._launch()
         except BaseException:
             await self.close()
             raise
+        self._supervisor = Supervisor(_Handle(self), self._on_down, **self._supervision)
+        self._state = OK
+        self._watch = asyncio.create_task(self._supervisor.run())
 
-    def _spawn(self, port: int) -> None:
-        cmd = self.command(port)
-        sys.stderr.write(f"[lexlora] starting vLLM: {' '.join(cmd)}\n")
-        self._proc = subprocess.Popen(
-            cmd,
-            env=self.environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the engine core goes with it
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    async def _launch(self) -> None:
+        """Start the child (or connect to the attached server) and wait until it serves."""
+        if self._attached_url is None:
+            port = free_port()
+            self._url = f"http://127.0.0.1:{port}"
+            self._child = ChildServer(
+                self.command(port), self.environment(), self._tail, markers=(PLUGIN_ACTIVE,)
+            )
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=self.url, headers=headers, timeout=httpx.Timeout(600.0, connect=10.0)
         )
-        self._reader = threading.Thread(target=self._forward_output, daemon=True)
-        self._reader.start()
-
-    def _forward_output(self) -> None:
-        proc = self._proc
-        assert proc is not None and proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip()
-            self._tail.append(line)
-            with contextlib.suppress(Exception):
-                sys.stderr.write(f"[vllm] {line}\n")
-                sys.stderr.flush()
+        await self._wait_healthy()
+        await self._read_models()
+        # base-only prompt-scoring batches are safe only with the plugin's masked LoRA ops
+        self._base_scores_batch = self._child is not None and PLUGIN_ACTIVE in self._child.seen
 
     def output_tail(self, lines: int = 400) -> str:
         """The child's last ``lines`` lines of output."""
         return "\n".join(list(self._tail)[-lines:])
 
     async def _wait_healthy(self) -> None:
-        assert self._client is not None
         deadline = time.monotonic() + self._startup_timeout
         while True:
-            if self._proc is not None and self._proc.poll() is not None:
+            if self._child is not None and (code := self._child.exit_code()) is not None:
                 await asyncio.sleep(0.2)  # let the reader catch the last lines
                 raise LexloraError(
-                    f"the vLLM server exited with code {self._proc.returncode} while starting; "
+                    f"the vLLM server exited ({describe_exit(code)}) while starting; "
                     f"its last output:\n{self.output_tail(60)}"
                 )
-            try:
-                response = await self._client.get("/health", timeout=5.0)
-                if response.status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            if await self._probe():
+                return
             if time.monotonic() > deadline:
-                where = "started" if self._proc is not None else f"at {self._url}"
+                where = "started" if self._child is not None else f"at {self._url}"
                 raise LexloraError(
                     f"the vLLM server {where} was not healthy after "
                     f"{self._startup_timeout:g} s (vllm_startup_timeout)"
                 )
             await asyncio.sleep(0.5)
 
+    async def _probe(self) -> bool:
+        try:
+            response = await self._http().get("/health", timeout=PROBE_TIMEOUT_S)
+        except (httpx.HTTPError, EngineUnavailable):
+            return False
+        return response.status_code == 200
+
     async def _read_models(self) -> None:
-        assert self._client is not None
-        response = await self._client.get("/v1/models")
+        response = await self._http().get("/v1/models")
         response.raise_for_status()
         cards = response.json().get("data") or []
         bases = [c for c in cards if not c.get("parent")]
         if not bases:
             raise LexloraError(f"the vLLM server at {self._url} lists no base model")
         self._base_name = bases[0]["id"]
-        if self._proc is None and bases[0].get("max_model_len"):
+        if self._child is None and bases[0].get("max_model_len"):
             self._model_len = int(bases[0]["max_model_len"])
 
-    async def close(self) -> None:
+    async def _relaunch(self) -> None:
+        """A fresh child in place of the dead one, with every adapter loaded again."""
+        await self._drop_client()
+        if self._child is not None:
+            await asyncio.to_thread(self._child.kill)
+        await self._launch()
+        await self._reload_adapters()
+
+    async def _recover(self) -> None:
+        """The attached server answers again: read it and load the adapters again."""
+        await self._read_models()
+        await self._reload_adapters()
+
+    async def _reload_adapters(self) -> None:
+        for name, path in list(self._adapters.items()):
+            try:
+                await self._load_into_vllm(name, path)
+            except EngineError as exc:
+                log.error("adapter %s could not be loaded again after a restart: %s", name, exc)
+                self._adapters.pop(name, None)
+                continue
+            if name not in self._adapters:  # unloaded while it was being loaded again
+                await self._post("/v1/unload_lora_adapter", {"lora_name": name})
+
+    def _on_down(self, detail: str) -> None:
+        self._flights.fail_all(lambda: EngineUnavailable(detail))
+
+    async def _drop_client(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-        if self._proc is not None:
-            await asyncio.to_thread(self._stop_child)
-            self._proc = None
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def close(self) -> None:
+        self._state = CLOSED
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(BaseException):
+                await self._watch
+            self._watch = None
+        self._flights.fail_all(lambda: EngineUnavailable("the vLLM engine is shutting down"))
+        await self._drop_client()
+        if self._child is not None:
+            await asyncio.to_thread(self._child.stop)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
         self._adapters.clear()
 
-    def _stop_child(self) -> None:
-        proc = self._proc
-        assert proc is not None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                log.warning("vLLM did not stop in %g s: killing it", STOP_GRACE_S)
-        # the server's own process group (start_new_session): whatever is left of it
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-        if self._reader is not None:
-            self._reader.join(2)
+    def health(self) -> dict[str, Any]:
+        mode = "attached" if self._attached_url else "child"
+        if self._state != OK or self._supervisor is None:
+            return {"state": self._state, "mode": mode}
+        return {**self._supervisor.health(), "mode": mode}
+
+    def _ensure_up(self) -> None:
+        """EngineUnavailable unless the server takes requests now."""
+        if self._state != OK or self._supervisor is None:
+            raise EngineUnavailable(f"the vLLM engine is {self._state}; retry shortly")
+        if self._supervisor.state != OK:
+            raise EngineUnavailable(self._supervisor.detail)
+
+    def _unreachable(self, why: str) -> EngineUnavailable:
+        """What a request that the server could not serve gets (the supervisor looks now)."""
+        if self._supervisor is not None:
+            self._supervisor.poke()
+        if self._child is not None and (code := self._child.exit_code()) is not None:
+            why = f"died ({describe_exit(code)})"
+        restart = "is restarting" if self._child is not None else "may be restarting"
+        return EngineUnavailable(f"the vLLM engine {why} and {restart}; retry shortly")
 
     # -- adapters -------------------------------------------------------------------------------
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            raise RuntimeError("the vLLM engine is not started")
+            raise EngineUnavailable("the vLLM engine is not running; retry shortly")
         return self._client
 
     async def load_adapter(self, name: str, path: Path) -> None:
         if name in self._adapters:
             return
+        self._ensure_up()
         path = Path(path).resolve()
         self._check_rank(path)
+        await self._load_into_vllm(name, path)
+        self._adapters[name] = path
+
+    async def _load_into_vllm(self, name: str, path: Path) -> None:
         body = {"lora_name": name, "lora_path": str(path)}
         response = await self._post("/v1/load_lora_adapter", body)
-        if response.status_code == 400 and "already been loaded" in _message(response):
+        if response.status_code == 400 and "already been loaded" in message(response):
             await self._post("/v1/unload_lora_adapter", {"lora_name": name})  # a stale copy
             response = await self._post("/v1/load_lora_adapter", body)
-        if response.status_code == 404 and "lora" not in _message(response).lower():
+        if response.status_code == 404 and "lora" not in message(response).lower():
             raise EngineError(
                 "the vLLM server does not allow runtime LoRA loading: start it with "
                 "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"
             )
         if response.status_code != 200:
-            raise EngineError(f"vLLM could not load the adapter: {_message(response)}")
-        self._adapters.add(name)
+            raise EngineError(f"vLLM could not load the adapter: {message(response)}")
 
     def _check_rank(self, path: Path) -> None:
         try:
@@ -392,6 +396,7 @@ class VllmEngine(Engine):
             return
         if self._tmp is None:
             raise RuntimeError("the vLLM engine is not started")
+        self._ensure_up()
         folder = self._tmp / name
         await asyncio.to_thread(write_weighted_adapter, list(parts), folder, self.max_lora_rank)
         try:
@@ -403,10 +408,12 @@ class VllmEngine(Engine):
     async def unload_adapter(self, name: str) -> None:
         if name not in self._adapters:
             return
-        response = await self._post("/v1/unload_lora_adapter", {"lora_name": name})
-        if response.status_code not in (200, 404):  # 404: vLLM does not know it (any more)
-            raise EngineError(f"vLLM could not unload the adapter: {_message(response)}")
-        self._adapters.discard(name)
+        if self._supervisor is not None and self._supervisor.state == OK:
+            response = await self._post("/v1/unload_lora_adapter", {"lora_name": name})
+            if response.status_code not in (200, 404):  # 404: vLLM does not know it (any more)
+                raise EngineError(f"vLLM could not unload the adapter: {message(response)}")
+        # else the server is down: it is simply not loaded again
+        self._adapters.pop(name, None)
         if self._tmp is not None:
             shutil.rmtree(self._tmp / name, ignore_errors=True)
 
@@ -414,111 +421,135 @@ class VllmEngine(Engine):
         try:
             return await self._http().post(path, json=body, timeout=120.0)
         except httpx.HTTPError as exc:
-            raise RuntimeError(f"the vLLM server is unreachable: {exc!r}") from None
+            raise self._unreachable(f"did not answer ({exc!r})") from None
 
     # -- generation -----------------------------------------------------------------------------
 
     def completion_body(self, request: GenerationRequest) -> dict[str, Any]:
-        """The vLLM /v1/completions body for ``request`` (streamed, usage included)."""
-        s = request.sampling
-        body: dict[str, Any] = {
-            "model": request.adapter or self._base_name,
-            "prompt": list(request.prompt_ids),
-            "max_tokens": s.max_tokens,
-            "temperature": s.temperature,
-            "top_p": s.top_p,
-            "stream": True,
-            "return_token_ids": True,  # the text is decoded here, exactly as the embedded engine
-        }
-        if s.stop:
-            body["stop"] = list(s.stop)
-        if s.seed is not None:
-            body["seed"] = s.seed
-        if s.ignore_eos:
-            body["ignore_eos"] = True
-        return body
+        """The vLLM /v1/completions body for ``request``."""
+        return completion_body(request, request.adapter or self._base_name or self.base_path)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Finished]:
+    def _compatible(self, a: str, b: str) -> bool:
+        return compatible(a, b, base_scores_batch=self._base_scores_batch)
+
+    def _validate(self, request: GenerationRequest) -> None:
         if not request.prompt_ids:
             raise EngineError("the prompt is empty")
         if len(request.prompt_ids) >= self.max_context:
             raise EngineError(f"the prompt is longer than the context ({self.max_context})")
         if request.adapter is not None and request.adapter not in self._adapters:
             raise EngineError(f"adapter {request.adapter!r} is not loaded")
-        client = self._http()
-        sampling = request.sampling
-        text = StopText(self._decode, sampling.stop)
-        generated: list[int] = []
-        prompt_len = len(request.prompt_ids)
-        finish: str | None = None
-        eos_last = False  # the last token is the EOS that ended the row (not part of the text)
-        self._running += 1
-        self._peak = max(self._peak, self._running)
-        try:
-            async with client.stream(
-                "POST", "/v1/completions", json=self.completion_body(request)
-            ) as response:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise self._error(response, request)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        raise EngineError(f"vLLM: {chunk['error'].get('message', chunk)}")
-                    for choice in chunk.get("choices") or []:
-                        if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
-                            eos_last = (
-                                finish == "stop"
-                                and choice.get("stop_reason") is None
-                                and not sampling.ignore_eos
-                            )
-                        tokens = list(choice.get("token_ids") or [])
-                        for j, token in enumerate(tokens):
-                            generated.append(token)
-                            self._generated += 1
-                            if eos_last and j == len(tokens) - 1:
-                                break
-                            delta, stopped = text.advance(generated)
-                            if delta:
-                                yield TextDelta(delta)
-                            if stopped:  # a stop string: the row ends here, as embedded
-                                yield Finished("stop", prompt_len, len(generated))
-                                return
-        except httpx.HTTPError as exc:
-            raise RuntimeError(f"the vLLM server failed: {exc!r}") from None
-        finally:
-            self._running -= 1
-        if finish is None:
-            raise RuntimeError("the vLLM stream ended without a finish reason")
-        rest = text.flush(generated[:-1] if eos_last else generated)
-        if rest:
-            yield TextDelta(rest)
-        yield Finished("length" if finish == "length" else "stop", prompt_len, len(generated))
+        if request.sampling.max_tokens == 0 and request.prompt_logprobs is None:
+            raise EngineError("max_tokens 0 only scores a prompt (prompt_logprobs)")
+        self._ensure_up()
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        self._validate(request)
+        async for event in self._flights.relay(self._run(request)):
+            yield event
+
+    async def _run(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        """The request's events, once the gate lets it share vLLM's batch (its own task)."""
+        async with self._gate.admit(kind(request)):
+            self._ensure_up()
+            self._running += 1
+            self._peak = max(self._peak, self._running)
+            try:
+                if request.prompt_logprobs is None:
+                    async for event in self._generate(request):
+                        yield event
+                else:
+                    for event in score_events(request, await self._score(request), self._decode):
+                        yield event
+            except httpx.HTTPError as exc:
+                raise self._unreachable(f"did not answer ({exc!r})") from None
+            finally:
+                self._running -= 1
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        row = RowEvents(request, self._decode)
+        body = self.completion_body(request)
+        async with self._http().stream("POST", "/v1/completions", json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise self._error(response.status_code, message(response), request)
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    error = chunk["error"]
+                    code = int(error.get("code") or 500) if isinstance(error, dict) else 500
+                    text = error.get("message", str(error)) if isinstance(error, dict) else error
+                    raise self._error(code, str(text), request)
+                for choice in chunk.get("choices") or []:
+                    before = len(row.generated)
+                    for event in row.feed(choice):
+                        yield event
+                    self._generated += len(row.generated) - before
+                    if row.done:
+                        return
+        for event in row.finish():
+            yield event
+
+    async def _score(self, request: GenerationRequest) -> dict[str, Any]:
+        """vLLM's unstreamed answer for a row that scores its prompt."""
+        response = await self._http().post("/v1/completions", json=self.completion_body(request))
+        if response.status_code != 200:
+            raise self._error(response.status_code, message(response), request)
+        answer = response.json()
+        if request.sampling.max_tokens > 0:
+            for choice in answer.get("choices") or []:
+                self._generated += len(choice.get("token_ids") or [])
+        return answer
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(
             ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
 
-    def _error(self, response: httpx.Response, request: GenerationRequest) -> Exception:
-        message = _message(response)
-        if response.status_code == 404 and request.adapter is not None:
+    def _error(self, status: int, text: str, request: GenerationRequest) -> Exception:
+        if status == 404 and request.adapter is not None:
             return EngineError(f"adapter {request.adapter!r} is not loaded")
-        if 400 <= response.status_code < 500:
-            return EngineError(message)
-        return RuntimeError(f"vLLM answered {response.status_code}: {message}")
+        if 400 <= status < 500:
+            return EngineError(text)
+        if ENGINE_DEAD in text:  # its engine core died: the supervisor restarts the server
+            return self._unreachable(f"failed ({text})")
+        return RuntimeError(f"vLLM answered {status}: {text}")
 
     def stats(self) -> EngineStats:
         return EngineStats(
-            waiting=0,
+            waiting=self._gate.waiting,
             running=self._running,
             generated_tokens=self._generated,
             peak_batch=self._peak,  # most requests in flight at once (vLLM batches them)
             resident_adapters=sorted(self._adapters),
         )
+
+
+class _Handle:
+    """The engine's server as the :class:`Supervisor` drives it."""
+
+    def __init__(self, engine: VllmEngine) -> None:
+        self._engine = engine
+        self.attached = engine._attached_url is not None
+
+    def exit_code(self) -> int | None:
+        child = self._engine._child
+        return child.exit_code() if child is not None else None
+
+    async def probe(self) -> bool:
+        return await self._engine._probe()
+
+    async def kill(self) -> None:
+        if self._engine._child is not None:
+            await asyncio.to_thread(self._engine._child.kill)
+
+    async def start(self) -> None:
+        await self._engine._relaunch()
+
+    async def recover(self) -> None:
+        await self._engine._recover()
