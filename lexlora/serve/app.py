@@ -2,7 +2,8 @@
 
 Routes: ``GET /health`` (no key), ``GET /metrics`` (no key; Prometheus text), ``GET /v1/models``,
 ``GET /v1/models/{id}``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (tenant keys) and
-``/admin/adapters*`` (admin key; see :mod:`lexlora.serve.admin`). Every error is OpenAI's error
+``/admin/adapters*`` (admin key; see :mod:`lexlora.serve.admin`), and ``/ui`` (playground and
+dashboard; see :mod:`lexlora.serve.ui_routes`). Every error is OpenAI's error
 object; a user mistake is a 4xx, never a 500. Request bodies are parsed by
 :func:`~lexlora.serve.protocol.parse_request` (strict, 400 naming the field); ``/openapi.json``
 still declares them, with the responses and errors of each route.
@@ -49,6 +50,7 @@ from lexlora.serve.protocol import (
 from lexlora.serve.residency import ResidentAdapters
 from lexlora.serve.state import Gateway
 from lexlora.serve.tenants import KeyDirectory
+from lexlora.serve.ui_routes import ui_router
 
 STARTED = now()  # the base model's card: when this server process started
 
@@ -125,6 +127,7 @@ def create_app(
     _install_error_handlers(app)
     _declare_request_models(app, REQUEST_MODELS)
     app.include_router(admin_router)
+    app.include_router(ui_router)
 
     @app.get("/health")
     async def health() -> Response:

@@ -33,6 +33,9 @@ Keys are never stored in clear: a tenant lists the sha256 hex digests of its API
     vllm_startup_timeout: 300             # seconds to wait for the child's /health
     vllm_args: [--max-num-seqs, "16"]     # extra arguments for the child server
     admin_key_sha256: 9f86d08…            # optional: enables /admin/*
+    runs_dir: runs                        # training runs on /ui's dashboard (admin key)
+    reports_dir: reports                  # evaluation reports /ui serves read-only (relative
+                                          #   paths: to the server's working directory)
     tenants:
       acme:
         api_key_sha256: [2c26b46b…]
@@ -124,6 +127,8 @@ class ServeConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     admin_key_sha256: str | None = None
+    runs_dir: Path = Path("runs")
+    reports_dir: Path = Path("reports")
     tenants: dict[str, TenantConfig] = {}
 
     @field_validator("admin_key_sha256")
