@@ -452,6 +452,23 @@ def test_streamed_echo_and_logprobs_equal_the_whole_response(server, tok):
     assert merged == whole["logprobs"]
 
 
+def test_options_sharing_a_long_question_are_scored_exactly(server, published, tiny_model, tok):
+    """A question scored with each of its options in one request (what lm-eval sends): the
+    shared question is encoded once, and every option's scores still equal its own pass."""
+    question = tok(
+        "Question: under this licence, may the Licensee sublicense the software to a third "
+        "party without the written consent of the Licensor? Answer:"
+    )["input_ids"]
+    assert len(question) > 20
+    texts = (" yes", " no", " only with written consent")
+    options = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    prompts = [question + option for option in options]
+    for model, parts in (("base", []), ("contracts", [(published.contracts.path, 1.0)])):
+        body = score(server, model, prompts)
+        for choice, ids in zip(body["choices"], prompts, strict=True):
+            assert_scores_equal(choice, ids, offline_logprobs(tiny_model, ids, parts), tok, 3)
+
+
 def test_concurrent_scoring_of_mixed_adapters_equals_each_alone(server, tok):
     jobs = [
         (model, tok(text)["input_ids"])

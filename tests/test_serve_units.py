@@ -239,3 +239,28 @@ def test_config_limits_are_consistent():
         config(max_tokens=200, default_max_tokens=300)
     with pytest.raises(LexloraError, match=r"key 'max_body_bytes'"):
         config(max_body_bytes=10)
+
+
+def test_score_only_rows_sharing_a_long_prefix_share_one_encoding():
+    from lexlora.serve.engines.base import GenerationRequest, SamplingParams
+    from lexlora.serve.engines.decode import MIN_SHARED, _prefix_clusters
+    from lexlora.serve.engines.rows import Row
+
+    def row(ids: list[int], adapter: str | None = None) -> Row:
+        request = GenerationRequest(ids, SamplingParams(max_tokens=0), adapter, None, 0)
+        return Row(request, lambda _: None)
+
+    question = list(range(100, 100 + MIN_SHARED + 4))
+    rows = [
+        row([*question, 1]),
+        row([*question, 2, 3]),
+        row([*question, 1], adapter="acme--a--v1"),  # another adapter: its own encoding
+        row([*question[: MIN_SHARED - 1], 7, 8, 9]),  # too little in common
+        row([*question, 4]),
+    ]
+    clusters = _prefix_clusters(rows)
+    assert [(n, [rows.index(r) for r in members]) for n, members in clusters] == [
+        (len(question), [0, 1, 4]),
+        (len(question), [2]),
+        (MIN_SHARED + 1, [3]),
+    ]

@@ -8,6 +8,8 @@ trimmed. Each row carries its own positions, adapter name, sampling settings and
 Rows that score their prompt (``prompt_logprobs``, or ``max_tokens`` 0) are prefilled apart, in
 passes of at most ``SCORE_TOKENS`` padded tokens that keep every position's logits: they get their
 prompt's log-probs first, then (unless they only score) join the batch like any other row.
+Score-only rows for one adapter that share a long prefix (a question scored with each of its
+options, as log-likelihood clients send it) encode that prefix once and reuse its KV cache.
 
 One row's failure is that row's alone: seeding, sampling, stop checks and decoding run per row, and
 a forward pass that raises for the whole batch is rerun row by row (the cache cropped back first),
@@ -29,6 +31,7 @@ from lexlora.serve.engines.rows import Row, choose_token, token_logprobs
 log = logging.getLogger("lexlora.serve")
 
 SCORE_TOKENS = 2048  # padded prompt tokens per scoring pass (all their logits are kept)
+MIN_SHARED = 16  # score-only rows sharing at least this many leading tokens share their encoding
 
 # forward(input_ids, attention_mask, position_ids, cache, adapter_names, every_position) ->
 # the last position's logits [rows, vocab], or every position's [rows, width, vocab]
@@ -87,8 +90,46 @@ class DecodeBatch:
             if not row.cancelled.is_set() and _guarded(row, partial(row.start, self._decode)):
                 started.append(row)
         self._prefill([r for r in started if not r.scores_prompt])
-        for group in _scoring_groups([r for r in started if r.scores_prompt]):
+        scoring = [r for r in started if r.scores_prompt and r.request.sampling.max_tokens > 0]
+        for shared, cluster in _prefix_clusters(
+            [r for r in started if r.request.sampling.max_tokens == 0]
+        ):
+            if len(cluster) > 1:
+                self._score_shared(shared, cluster)
+            else:
+                scoring += cluster
+        for group in _scoring_groups(scoring):
             self._prefill_scoring(group)
+
+    def _score_shared(self, shared: int, rows: list[Row]) -> None:
+        """Score-only ``rows`` (one adapter) whose first ``shared`` tokens are the same: the
+        prefix in one pass, then the rests together on copies of its KV cache (a failed pass is
+        rerun row by row)."""
+        adapter = rows[0].peft_adapter
+        prefix = torch.tensor([rows[0].request.prompt_ids[:shared]])
+        ones = torch.ones_like(prefix)
+        rests = [r.request.prompt_ids[shared:] for r in rows]
+        width = max(len(rest) for rest in rests)
+        ids = torch.tensor([rest + [self._pad_id] * (width - len(rest)) for rest in rests])
+        rest_mask = torch.tensor([[1] * len(rest) + [0] * (width - len(rest)) for rest in rests])
+        cache = DynamicCache()
+        try:
+            head = self._forward(prefix, ones, ones.cumsum(-1) - 1, cache, [adapter], True)
+            cache.batch_repeat_interleave(len(rows))
+            mask = torch.cat([ones.expand(len(rows), -1), rest_mask], dim=1)
+            positions = (shared + torch.arange(width)).expand(len(rows), -1)
+            tail = self._forward(ids, mask, positions, cache, [adapter] * len(rows), True)
+        except Exception as exc:
+            log.warning("a shared-prefix scoring pass failed (%r): rerunning row by row", exc)
+            for row in rows:
+                self._prefill_scoring([row])
+            return
+        for i, row in enumerate(rows):
+            if row.cancelled.is_set():
+                row.done = True
+                continue
+            logits = torch.cat([head[0], tail[i, : len(rests[i])]])
+            _guarded(row, partial(_score_prompt, row, logits))
 
     def _inputs(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded ids, attention mask and positions of ``rows``' prompts."""
@@ -304,6 +345,33 @@ def _scoring_groups(rows: list[Row]) -> list[list[Row]]:
             groups.append([row])
             width = row.prompt_len
     return groups
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def _prefix_clusters(rows: list[Row]) -> list[tuple[int, list[Row]]]:
+    """Score-only ``rows`` grouped, in arrival order, with the first row of a group for the same
+    adapter that shares at least ``MIN_SHARED`` leading tokens with them (every row keeps one
+    token of its own; a group's rests stay within ``SCORE_TOKENS`` padded tokens): (shared
+    length, rows)."""
+    clusters: list[tuple[int, list[Row]]] = []
+    for row in rows:
+        ids = row.request.prompt_ids
+        for k, (shared, members) in enumerate(clusters):
+            lead = members[0]
+            if lead.peft_adapter != row.peft_adapter:
+                continue
+            n = min(shared, _common_prefix(lead.request.prompt_ids, ids), len(ids) - 1)
+            widest = max(r.prompt_len - n for r in [*members, row])
+            if n >= MIN_SHARED and widest * (len(members) + 1) <= SCORE_TOKENS:
+                clusters[k] = (n, [*members, row])
+                break
+        else:
+            clusters.append((len(ids) - 1, [row]))
+    return clusters
 
 
 def _score_prompt(row: Row, logits: torch.Tensor) -> None:
