@@ -20,7 +20,8 @@ from lexlora.eval.metrics import normalize_answer
 from lexlora.eval.tasks import EvalItem, option_texts
 
 PROMPTS_PER_REQUEST = 16  # sequences scored by one /v1/completions request
-CONCURRENT_REQUESTS = 2  # requests in flight at once (the server batches them together)
+CONCURRENT_REQUESTS = 2  # scoring requests in flight at once (the server batches them together)
+GENERATIONS_IN_FLIGHT = 8  # chat requests in flight at once
 
 
 class EchoUnsupported(Exception):
@@ -165,20 +166,22 @@ class EndpointScorer:
         return [-sum(row) / max(len(row), 1) for row in scored]
 
     def generate(self, items: Sequence[EvalItem], max_new_tokens: int) -> list[str]:
+        """Greedy chat answers, ``GENERATIONS_IN_FLIGHT`` at a time (the server batches them)."""
+        with ThreadPoolExecutor(GENERATIONS_IN_FLIGHT) as pool:
+            return list(pool.map(lambda item: self._answer(item, max_new_tokens), items))
+
+    def _answer(self, item: EvalItem, max_new_tokens: int) -> str:
         import openai
 
-        outputs = []
-        for item in items:
-            try:
-                response = self.client.chat.completions.create(
-                    model=self.model,
-                    messages=item.prompt,
-                    max_tokens=max_new_tokens,
-                    temperature=0,
-                    seed=0,
-                    extra_body=self.extra or None,
-                )
-            except openai.OpenAIError as exc:
-                raise self._failure(exc) from None
-            outputs.append((response.choices[0].message.content or "").strip())
-        return outputs
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model,
+                messages=item.prompt,
+                max_tokens=max_new_tokens,
+                temperature=0,
+                seed=0,
+                extra_body=self.extra or None,
+            )
+        except openai.OpenAIError as exc:
+            raise self._failure(exc) from None
+        return (response.choices[0].message.content or "").strip()

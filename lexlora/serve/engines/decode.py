@@ -91,34 +91,36 @@ class DecodeBatch:
                 started.append(row)
         self._prefill([r for r in started if not r.scores_prompt])
         scoring = [r for r in started if r.scores_prompt and r.request.sampling.max_tokens > 0]
-        for shared, cluster in _prefix_clusters(
-            [r for r in started if r.request.sampling.max_tokens == 0]
-        ):
-            if len(cluster) > 1:
-                self._score_shared(shared, cluster)
-            else:
-                scoring += cluster
+        clusters = _prefix_clusters([r for r in started if r.request.sampling.max_tokens == 0])
+        scoring += [members[0] for _, members in clusters if len(members) == 1]
+        for group in _cluster_passes([c for c in clusters if len(c[1]) > 1]):
+            self._score_shared(group)
         for group in _scoring_groups(scoring):
             self._prefill_scoring(group)
 
-    def _score_shared(self, shared: int, rows: list[Row]) -> None:
-        """Score-only ``rows`` (one adapter) whose first ``shared`` tokens are the same: the
-        prefix in one pass, then the rests together on copies of its KV cache (a failed pass is
-        rerun row by row)."""
-        adapter = rows[0].peft_adapter
-        prefix = torch.tensor([rows[0].request.prompt_ids[:shared]])
-        ones = torch.ones_like(prefix)
-        rests = [r.request.prompt_ids[shared:] for r in rows]
-        width = max(len(rest) for rest in rests)
-        ids = torch.tensor([rest + [self._pad_id] * (width - len(rest)) for rest in rests])
-        rest_mask = torch.tensor([[1] * len(rest) + [0] * (width - len(rest)) for rest in rests])
+    def _score_shared(self, clusters: list[tuple[int, list[Row]]]) -> None:
+        """Score-only rows in ``clusters`` (one adapter each; the first ``shared`` tokens of a
+        cluster's rows are the same): every cluster's prefix in one pass, right-padded, then
+        all the rests together on copies of their prefix's KV cache (a failed pass is rerun
+        row by row)."""
+        rows = [row for _, members in clusters for row in members]
+        owner = torch.tensor([c for c, (_, members) in enumerate(clusters) for _ in members])
+        prefixes = [members[0].request.prompt_ids[:shared] for shared, members in clusters]
+        rests = [row.request.prompt_ids[shared:] for shared, members in clusters for row in members]
+        ids, prefix_mask = self._right_padded(prefixes)
+        rest_ids, rest_mask = self._right_padded(rests)
+        starts = torch.tensor([shared for shared, _ in clusters])[owner]
         cache = DynamicCache()
         try:
-            head = self._forward(prefix, ones, ones.cumsum(-1) - 1, cache, [adapter], True)
-            cache.batch_repeat_interleave(len(rows))
-            mask = torch.cat([ones.expand(len(rows), -1), rest_mask], dim=1)
-            positions = (shared + torch.arange(width)).expand(len(rows), -1)
-            tail = self._forward(ids, mask, positions, cache, [adapter] * len(rows), True)
+            positions = torch.arange(ids.shape[1]).expand(len(prefixes), -1)
+            adapters = [members[0].peft_adapter for _, members in clusters]
+            head = self._forward(ids, prefix_mask, positions, cache, adapters, True)
+            cache.batch_select_indices(owner)
+            mask = torch.cat([prefix_mask[owner], rest_mask], dim=1)
+            positions = starts[:, None] + torch.arange(rest_ids.shape[1])
+            tail = self._forward(
+                rest_ids, mask, positions, cache, [r.peft_adapter for r in rows], True
+            )
         except Exception as exc:
             log.warning("a shared-prefix scoring pass failed (%r): rerunning row by row", exc)
             for row in rows:
@@ -128,8 +130,15 @@ class DecodeBatch:
             if row.cancelled.is_set():
                 row.done = True
                 continue
-            logits = torch.cat([head[0], tail[i, : len(rests[i])]])
+            shared = int(starts[i])
+            logits = torch.cat([head[owner[i], :shared], tail[i, : len(rests[i])]])
             _guarded(row, partial(_score_prompt, row, logits))
+
+    def _right_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(seq) for seq in seqs)
+        ids = torch.tensor([seq + [self._pad_id] * (width - len(seq)) for seq in seqs])
+        mask = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in seqs])
+        return ids, mask
 
     def _inputs(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded ids, attention mask and positions of ``rows``' prompts."""
@@ -372,6 +381,24 @@ def _prefix_clusters(rows: list[Row]) -> list[tuple[int, list[Row]]]:
         else:
             clusters.append((len(ids) - 1, [row]))
     return clusters
+
+
+def _cluster_passes(
+    clusters: list[tuple[int, list[Row]]],
+) -> list[list[tuple[int, list[Row]]]]:
+    """``clusters`` cut into passes whose prefixes and whose rests each stay within
+    ``SCORE_TOKENS`` padded tokens (a larger cluster goes alone)."""
+    passes: list[list[tuple[int, list[Row]]]] = []
+    for cluster in clusters:
+        group = [*passes[-1], cluster] if passes else [cluster]
+        prefix = max(n for n, _ in group) * len(group)
+        rows = [(n, r) for n, members in group for r in members]
+        rest = max(r.prompt_len - n for n, r in rows) * len(rows)
+        if passes and prefix <= SCORE_TOKENS and rest <= SCORE_TOKENS:
+            passes[-1] = group
+        else:
+            passes.append([cluster])
+    return passes
 
 
 def _score_prompt(row: Row, logits: torch.Tensor) -> None:
