@@ -25,7 +25,7 @@ from functools import partial
 import torch
 from transformers import DynamicCache
 
-from lexlora.serve.engines.base import PromptLogprobs
+from lexlora.serve.engines.base import PromptLogprobs, TokenLogprob
 from lexlora.serve.engines.rows import Row, choose_token, token_logprobs
 
 log = logging.getLogger("lexlora.serve")
@@ -126,13 +126,16 @@ class DecodeBatch:
             for row in rows:
                 self._prefill_scoring([row])
             return
+        head = torch.log_softmax(head.float(), dim=-1)  # each prefix's log-probs, once
+        tail = torch.log_softmax(tail.float(), dim=-1)
+        memo: dict[tuple[int, int], list[TokenLogprob]] = {}  # (cluster, k) → prefix entries
         for i, row in enumerate(rows):
             if row.cancelled.is_set():
                 row.done = True
                 continue
-            shared = int(starts[i])
-            logits = torch.cat([head[owner[i], :shared], tail[i, : len(rests[i])]])
-            _guarded(row, partial(_score_prompt, row, logits))
+            c, shared = int(owner[i]), int(starts[i])
+            work = partial(_score_shared_prompt, row, shared, head[c], tail[i], memo, c)
+            _guarded(row, work)
 
     def _right_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(seq) for seq in seqs)
@@ -409,6 +412,30 @@ def _score_prompt(row: Row, logits: torch.Tensor) -> None:
         logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
         entries = token_logprobs(logprobs, request.prompt_ids[1:], request.prompt_logprobs)
         row.emit(PromptLogprobs(tuple(entries)))
+    if request.sampling.max_tokens == 0:
+        row.finish("length")
+
+
+def _score_shared_prompt(
+    row: Row,
+    shared: int,
+    head: torch.Tensor,
+    tail: torch.Tensor,
+    memo: dict[tuple[int, int], list[TokenLogprob]],
+    cluster: int,
+) -> None:
+    """Emit ``row``'s prompt log-probs from its cluster's prefix log-probs ``head`` (whose
+    entries are made once per cluster and ``k``, in ``memo``) and its own rest's ``tail``; a
+    score-only row ends here."""
+    request = row.request
+    k = request.prompt_logprobs
+    if k is not None:
+        ids = request.prompt_ids
+        if (cluster, k) not in memo:  # the prefix's own tokens: the same for every row
+            memo[cluster, k] = token_logprobs(head[: shared - 1], ids[1:shared], k)
+        first = token_logprobs(head[shared - 1 : shared], ids[shared : shared + 1], k)
+        rest = token_logprobs(tail[: len(ids) - shared - 1], ids[shared + 1 :], k)
+        row.emit(PromptLogprobs(tuple(memo[cluster, k] + first + rest)))
     if request.sampling.max_tokens == 0:
         row.finish("length")
 
