@@ -135,6 +135,46 @@ class LoraConfig(_Section):
     )
 
 
+class PromptTuningConfig(_Section):
+    num_virtual_tokens: int = Field(16, gt=0, le=4096, description="Virtual tokens prepended.")
+    init_text: str = Field(
+        "Answer the legal question about the named document.",
+        min_length=1,
+        description="Text whose token embeddings initialise the virtual tokens (repeated).",
+    )
+
+
+class NewTokensConfig(_Section):
+    terms: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list,
+        description="Terms added to the tokenizer; empty: the corpus' most frequent defined terms.",
+    )
+    top_defined_terms: int = Field(
+        32, gt=0, le=10_000, description="With no terms: how many defined terms to add."
+    )
+
+    @field_validator("terms")
+    @classmethod
+    def _distinct(cls, terms: list[str]) -> list[str]:
+        repeated = sorted({t for t in terms if terms.count(t) > 1})
+        if repeated:
+            raise ValueError(f"'{repeated[0]}' is listed more than once")
+        return terms
+
+
+class AdapterConfig(_Section):
+    """Which kind of adapter the run trains (:mod:`lexlora.adapter_methods`)."""
+
+    method: Literal["lora", "prompt_tuning", "new_tokens", "lora+new_tokens"] = Field(
+        "lora",
+        description="lora: change behaviour (the `lora` section); prompt_tuning: learned virtual "
+        "tokens; new_tokens: the `new_tokens` terms as new words, only their embedding rows "
+        "trained; lora+new_tokens: both.",
+    )
+    prompt_tuning: PromptTuningConfig = Field(default_factory=PromptTuningConfig)
+    new_tokens: NewTokensConfig = Field(default_factory=NewTokensConfig)
+
+
 class ReplayConfig(_Section):
     """Self-distilled replay against forgetting: the base model's own greedy answers to general
     prompts, mixed into the training rows (:mod:`lexlora.train.replay`)."""
@@ -224,6 +264,7 @@ class Recipe(_Section):
     description: str = ""
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)

@@ -149,6 +149,12 @@ class AdapterVersion:
     def ref(self) -> str:
         return f"{self.tenant}/{self.name}:{self.version}"
 
+    @property
+    def method(self) -> str:
+        """The adapter method (:mod:`lexlora.adapter_methods`); versions published before
+        methods existed are LoRA."""
+        return str(self.metadata.get("method", "lora"))
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view (used by ``lexlora adapters ... --json``)."""
         d = {"ref": self.ref, **dataclasses.asdict(self)}
@@ -195,7 +201,9 @@ def _check_publish_input(source: Path, metadata: dict) -> dict:
         raise LexloraError(f"adapter metadata: missing {', '.join(absent)}")
     for key, typ in REQUIRED_METADATA.items():
         value = metadata[key]
-        if isinstance(value, bool) or not isinstance(value, typ) or value in ("", 0):
+        lora = metadata.get("method", "lora") in ("lora", "lora+new_tokens")
+        empty = ("",) if key == "rank" and not lora else ("", 0)  # rank 0: a method without LoRA
+        if isinstance(value, bool) or not isinstance(value, typ) or value in empty:
             what = "a positive integer" if typ is int else "a non-empty string"
             raise LexloraError(f"adapter metadata {key}={value!r}: expected {what}")
     return dict(metadata)

@@ -13,12 +13,13 @@ def test_all_linear_puts_lora_on_attention_and_mlp(tiny_model, tmp_path):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from lexlora.train.model_setup import check_target_modules, lora_config
+    from lexlora.train.methods import peft_config
+    from lexlora.train.model_setup import check_target_modules
 
     recipe = make_recipe(tmp_path, tiny_model, lora={"target_modules": "all-linear"})
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     check_target_modules(model, recipe.lora.target_modules)
-    peft = get_peft_model(model, lora_config(recipe))
+    peft = get_peft_model(model, peft_config(recipe, recipe.model.base, []))
     adapted = {name.rsplit(".", 1)[-1] for name, m in peft.named_modules() if hasattr(m, "lora_A")}
     assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= adapted
     assert "lm_head" not in adapted

@@ -14,24 +14,45 @@ from typing import Any
 import torch
 from peft.helpers import rescale_adapter_scale
 
+from lexlora.adapter_methods import has_new_tokens, load_adapted
+from lexlora.errors import LexloraError
 from lexlora.eval.tasks import EvalItem, option_texts
 
 
 class LocalScorer:
     """Scores items with one model; ``variant(scale)`` selects base (None) or adapter × scale."""
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int = 16,
+        base: tuple[Any, Any] | None = None,
+        supports_scale: bool = True,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.end = tokenizer.eos_token or ""
-        self._scale: float | None = None
+        self._base = base  # (model, tokenizer) scored as the base, when the adapter changes those
+        self.supports_scale = supports_scale
 
     @contextmanager
     def variant(self, scale: float | None) -> Iterator[None]:
-        """None: the base model (adapter disabled); a float: the adapter at that strength."""
+        """None: the base model (adapter disabled, or the separate base model of an adapter that
+        brings its own vocabulary); a float: the adapter at that strength."""
+        if scale is None and self._base is not None:
+            adapted = self.model, self.tokenizer
+            self.model, self.tokenizer = self._base
+            try:
+                yield
+            finally:
+                self.model, self.tokenizer = adapted
+            return
         if scale is None:
             ctx = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else None
+        elif scale != 1.0 and not self.supports_scale:
+            raise LexloraError("this adapter's method has no strength: only LoRA can be scaled")
         else:
             ctx = rescale_adapter_scale(self.model, scale) if scale != 1.0 else None
         with ctx or nullcontext():
@@ -181,17 +202,28 @@ class LocalScorer:
 
 
 def load_local_scorer(base: str, adapter_dir: Path) -> LocalScorer:
-    """Base model in full precision with the adapter on top (PEFT), ready to score."""
-    from peft import PeftModel
+    """Base model in full precision with the adapter on top (PEFT, any method), ready to score.
+    An adapter that brings new tokens is scored beside a separate, unchanged base model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lexlora.export.validate import read_adapter
     from lexlora.models import resolve_base_model
 
-    read_adapter(adapter_dir)  # a clear error for a folder that is not an adapter
+    method = read_adapter(adapter_dir).method  # a clear error for a folder that is not one
     path = resolve_base_model(base)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, tokenizer = load_adapted(path, adapter_dir)
+    base_pair = None
+    if has_new_tokens(method):
+        base_pair = (
+            AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(),
+            _with_pad(AutoTokenizer.from_pretrained(path)),
+        )
+    scorer = LocalScorer(model, _with_pad(tokenizer), base=base_pair)
+    scorer.supports_scale = method == "lora"
+    return scorer
+
+
+def _with_pad(tokenizer: Any) -> Any:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return LocalScorer(PeftModel.from_pretrained(model, str(adapter_dir)), tokenizer)
+    return tokenizer

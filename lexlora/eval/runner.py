@@ -118,7 +118,10 @@ def evaluate(
             raw[label] |= {"generation": generation_scores(gen_items, outputs), "outputs": outputs}
         log(f"eval: scored the {label} ({timer})")
 
-    sweep_rows = _sweep(scorer, sweep or recipe.eval.sweep, choice, open_items, raw, log)
+    scales = sweep or recipe.eval.sweep
+    if not getattr(scorer, "supports_scale", True):  # prompt tuning, new tokens: no strength
+        scales = [1.0]
+    sweep_rows = _sweep(scorer, scales, choice, open_items, raw, log)
     yes_no = _yes_no_subset(choice, raw, "choice", seed)
     recall_metrics = _yes_no_subset(recall, raw, "recall", seed)
     sanity_metrics = _yes_no_subset(sanity, raw, "sanity", seed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,9 +25,11 @@ import yaml
 from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from lexlora.adapter_methods import ENGINES, has_new_tokens, load_adapted, read_new_tokens
 from lexlora.errors import LexloraError
 from lexlora.eval.gate import check_gate
 from lexlora.export.validate import (
+    PROBE_PROMPT,
     AdapterFiles,
     check_changes_output,
     check_serving_limits,
@@ -127,6 +130,10 @@ def export_run(
     if combine_method not in COMBINE_METHODS:
         raise LexloraError(f"--combine-method {combine_method!r}: expected {COMBINE_METHODS}")
     check_serving_limits(adapter, max_rank)
+    if adapter.method != "lora":
+        return _export_other_method(
+            run_dir, recipe, adapter, tenant, name, store, version, (scale, combine, merge_dir), log
+        )
 
     base_path = resolve_base_model(recipe.model.base)
     if recipe.model.quantization != "none":
@@ -170,6 +177,41 @@ def export_run(
         merged = merge_into(peft_model, final, tokenizer, merge_dir, replace=overwrite)
         log(f"merged model → {merged}")
     return ExportResult(published, merged, change)
+
+
+def _export_other_method(
+    run_dir, recipe, adapter, tenant, name, store, version, lora_only, log
+) -> ExportResult:
+    """Publish a prompt-tuning or new-token adapter as trained (its files, tokenizer and
+    ``new_tokens.json`` included) after the probe check; strength, combination and merging are
+    LoRA operations and are refused for it."""
+    scale, combine, merge_dir = lora_only
+    if scale != 1.0 or combine or merge_dir is not None:
+        option = "--scale" if scale != 1.0 else "--combine" if combine else "--merge"
+        raise LexloraError(
+            f"{option}: {run_dir} holds a {adapter.method} adapter; only LoRA adapters can be "
+            "scaled, combined or merged"
+        )
+    base_path = resolve_base_model(recipe.model.base)
+    model, tokenizer = load_full_precision(base_path)
+    prompt = PROBE_PROMPT
+    if has_new_tokens(adapter.method):  # the new rows act only where their terms occur
+        prompt += " Terms: " + ", ".join(read_new_tokens(adapter.folder)["terms"])
+    base_logits = probe_logits(model, tokenizer, prompt)[:, -1]
+    with peft_loading(adapter.folder):
+        adapted, adapted_tokenizer = load_adapted(base_path, adapter.folder)
+    adapted_logits = probe_logits(adapted, adapted_tokenizer, prompt)[:, -1]
+    change = check_changes_output(base_logits, adapted_logits[:, : base_logits.shape[-1]], run_dir)
+    base_hash = base_config_hash(base_path)
+    keep = shutil.ignore_patterns(".lexlora-made", "README.md")
+    with tempfile.TemporaryDirectory(prefix="lexlora-export-") as tmp:
+        saved = Path(tmp) / "adapter"
+        shutil.copytree(adapter.folder, saved, ignore=keep)
+        exported = read_adapter(saved)
+        metadata = _metadata(recipe, run_dir, exported, base_path, base_hash, scale, change)
+        published = store.publish(tenant, name, saved, metadata, version=version)
+    log(f"published {published.ref} ({adapter.method}) → {published.path}")
+    return ExportResult(published, None, change)
 
 
 @contextmanager
@@ -254,6 +296,8 @@ def _metadata(recipe, run_dir, exported, base_path, base_hash, scale, change) ->
         "base_model": recipe.model.base,
         "base_model_path": base_path,
         "base_config_hash": base_hash,
+        "method": exported.method,
+        "engines": list(ENGINES[exported.method]),
         "rank": exported.rank,
         "lora_alpha": exported.config.get("lora_alpha"),
         "target_modules": exported.target_modules,

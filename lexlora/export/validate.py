@@ -20,12 +20,30 @@ import torch
 from pydantic import BaseModel, ConfigDict, FiniteFloat, PositiveInt, ValidationError
 from safetensors import SafetensorError, safe_open
 
+from lexlora.adapter_methods import METHODS, Method, method_of_config, read_new_tokens
 from lexlora.errors import LexloraError
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 FORBIDDEN_KEYS = ("embed_tokens", "lm_head", "lora_embedding", "modules_to_save")
 PROBE_PROMPT = "Does this licence allow commercial use of the software?"
+
+
+class PromptTuningFields(BaseModel):
+    """The fields of a prompt-tuning ``adapter_config.json`` that serving relies on."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    peft_type: Literal["PROMPT_TUNING"]
+    num_virtual_tokens: PositiveInt
+    token_dim: PositiveInt
+
+
+class TrainableTokensFields(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    peft_type: Literal["TRAINABLE_TOKENS"]
+    token_indices: list[int]
 
 
 class LoraConfigFields(BaseModel):
@@ -35,6 +53,7 @@ class LoraConfigFields(BaseModel):
 
     peft_type: Literal["LORA"] = "LORA"
     r: PositiveInt
+    trainable_token_indices: list[int] | dict[str, list[int]] | None = None
     lora_alpha: FiniteFloat | None = None
     target_modules: list[str] | str | None = None
     rank_pattern: dict[str, PositiveInt] = {}
@@ -49,7 +68,14 @@ class AdapterFiles:
     keys: tuple[str, ...]
 
     @property
+    def method(self) -> Method:
+        return method_of_config(self.config)
+
+    @property
     def rank(self) -> int:
+        """The LoRA rank (0 for a method without LoRA)."""
+        if self.config.get("peft_type", "LORA") != "LORA":
+            return 0
         pattern = self.config.get("rank_pattern") or {}
         return max([int(self.config.get("r", 0)), *(int(v) for v in pattern.values())])
 
@@ -60,17 +86,35 @@ class AdapterFiles:
 
 
 def read_adapter(folder: Path) -> AdapterFiles:
-    """A PEFT LoRA folder whose config is valid, whose weights are readable and finite and whose
-    tensor shapes agree with the config's rank; anything else is a one-line LexloraError."""
+    """A PEFT adapter folder (any of :data:`METHODS`) whose config is valid, whose weights are
+    readable and finite and agree with the config (LoRA ranks; a new-token adapter's
+    ``new_tokens.json`` and rows); anything else is a one-line LexloraError."""
     config_path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not config_path.is_file() or not weights.is_file():
         raise LexloraError(
-            f"{folder}: not a LoRA adapter (expected {CONFIG_FILE} and {WEIGHTS_FILE})"
+            f"{folder}: not a PEFT adapter (expected {CONFIG_FILE} and {WEIGHTS_FILE})"
         )
     config = read_config(config_path)
     shapes = read_finite_weights(weights)
-    check_ranks(config, shapes, config_path, weights)
+    method = method_of_config(config)
+    if method in ("lora", "lora+new_tokens"):
+        check_ranks(config, shapes, config_path, weights)
+    if method in ("new_tokens", "lora+new_tokens"):
+        check_new_tokens(folder, shapes)
     return AdapterFiles(folder, config, tuple(shapes))
+
+
+def check_new_tokens(folder: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """``new_tokens.json`` names as many terms as the weights hold new rows, and a tokenizer."""
+    record = read_new_tokens(folder)
+    rows = [s for k, s in shapes.items() if "trainable_tokens_delta" in k and "lm_head" not in k]
+    if len(rows) != 1 or rows[0][0] != len(record["terms"]):
+        raise LexloraError(
+            f"{folder}: {WEIGHTS_FILE} must hold one row per term of new_tokens.json "
+            f"({len(record['terms'])}); it holds {[list(r) for r in rows]}"
+        )
+    if not (folder / "tokenizer_config.json").is_file():
+        raise LexloraError(f"{folder}: a new-token adapter must bring its tokenizer files")
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -81,10 +125,18 @@ def read_config(path: Path) -> dict[str, Any]:
         raise LexloraError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(config, dict):
         raise LexloraError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    if config.get("peft_type", "LORA") != "LORA":
-        raise LexloraError(f"{path}: peft_type {config.get('peft_type')!r}, expected LORA")
+    fields = {
+        "LORA": LoraConfigFields,
+        "PROMPT_TUNING": PromptTuningFields,
+        "TRAINABLE_TOKENS": TrainableTokensFields,
+    }.get(config.get("peft_type", "LORA"))
+    if fields is None:
+        raise LexloraError(
+            f"{path}: peft_type {config.get('peft_type')!r}, expected one of LORA, "
+            f"PROMPT_TUNING, TRAINABLE_TOKENS (methods: {', '.join(METHODS)})"
+        )
     try:
-        LoraConfigFields.model_validate(config)
+        fields.model_validate(config)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
@@ -138,7 +190,10 @@ def check_ranks(config: dict, shapes: dict, config_path: Path, weights: Path) ->
 
 
 def check_serving_limits(adapter: AdapterFiles, max_rank: int) -> None:
-    """Rank within the server's limit; no embedding/lm_head/modules_to_save weights."""
+    """Rank within the server's limit; no embedding/lm_head/modules_to_save weights (LoRA, which
+    vLLM serves; the other methods are the embedded engine's, which has no such limits)."""
+    if adapter.method != "lora":
+        return
     if adapter.rank > max_rank:
         raise LexloraError(
             f"{adapter.folder}: LoRA rank {adapter.rank} exceeds export.max_lora_rank={max_rank} "
@@ -166,14 +221,14 @@ def check_targets_exist(adapter: AdapterFiles, model: torch.nn.Module) -> None:
         )
 
 
-def probe_logits(model: Any, tokenizer: Any) -> torch.Tensor:
+def probe_logits(model: Any, tokenizer: Any, prompt: str = PROBE_PROMPT) -> torch.Tensor:
     """Logits of the probe prompt (chat-formatted when the tokenizer has a template)."""
     if tokenizer.chat_template:
         text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": PROBE_PROMPT}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
     else:
-        text = PROBE_PROMPT
+        text = prompt
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         return model(**ids.to(model.device)).logits.float().cpu()

@@ -9,12 +9,13 @@ from typing import Any
 
 import jinja2
 import torch
-from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
+from peft import PeftConfig, PeftModel, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from lexlora.errors import LexloraError
 from lexlora.models import quantization_for, resolve_base_model
 from lexlora.recipe import Recipe
+from lexlora.train.methods import peft_config
 
 
 @dataclass
@@ -109,22 +110,6 @@ def disable_cpu_4bit_inference_kernel(model: Any) -> int:
     return len(layers)
 
 
-def lora_config(recipe: Recipe) -> LoraConfig:
-    return LoraConfig(
-        r=recipe.lora.rank,
-        lora_alpha=recipe.lora.alpha,
-        lora_dropout=recipe.lora.dropout,
-        target_modules=_targets(recipe.lora.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-
-
-def _targets(targets: list[str] | str) -> list[str] | str:
-    """PEFT's form: ``"all-linear"`` stays a string (PEFT expands it), a list is copied."""
-    return targets if isinstance(targets, str) else list(targets)
-
-
 def check_target_modules(model: Any, targets: list[str] | str) -> None:
     """Every ``lora.target_modules`` entry must name a linear layer of the base model
     (``"all-linear"`` always does)."""
@@ -145,16 +130,20 @@ def check_target_modules(model: Any, targets: list[str] | str) -> None:
         )
 
 
-def prepare_for_training(base: LoadedBase, recipe: Recipe) -> tuple[Any, LoraConfig | None]:
-    """The model to hand to SFTTrainer and the PEFT config (None when continuing an adapter)."""
+def prepare_for_training(
+    base: LoadedBase, recipe: Recipe, token_ids: list[int] | None = None
+) -> tuple[Any, PeftConfig | None]:
+    """The model to hand to SFTTrainer and the PEFT config (None when continuing an adapter);
+    ``token_ids``: the new terms' ids, for a new-token method."""
     model = base.model
-    check_target_modules(model, recipe.lora.target_modules)
+    if recipe.adapter.method in ("lora", "lora+new_tokens"):
+        check_target_modules(model, recipe.lora.target_modules)
     if base.quantized:
         gc = recipe.train.gradient_checkpointing is not False
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
     init = recipe.train.init_adapter
     if init is None:
-        return model, lora_config(recipe)
+        return model, peft_config(recipe, base.path, token_ids or [])
     folder = Path(init)
     config_file = folder / "adapter_config.json"
     if not config_file.is_file():

@@ -31,6 +31,7 @@ from transformers import EarlyStoppingCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
+from lexlora.adapter_methods import write_new_tokens
 from lexlora.errors import LexloraError
 from lexlora.io import atomic_directory, write_json
 from lexlora.quiet import quiet_libraries
@@ -43,6 +44,7 @@ from lexlora.train.callbacks import (
 )
 from lexlora.train.dataset import ensure_dataset, read_pairs, tokenized_dataset
 from lexlora.train.memory import check_max_length
+from lexlora.train.methods import add_new_terms
 from lexlora.train.model_setup import LoadedBase, load_base, prepare_for_training
 from lexlora.train.replay import replay_pairs
 from lexlora.train.run_dir import latest_checkpoint, latest_run_dir, starting_run
@@ -63,6 +65,8 @@ class TrainSummary:
     peak_rss_mb: float
     peak_cuda_mb: float | None
     precision: str
+    method: str = "lora"
+    trainable_params: int = 0
     rank_checksums: list[str] = field(default_factory=list)
 
 
@@ -76,6 +80,7 @@ class TrainingSession:
     base: LoadedBase
     checkpoint: Path | None
     interrupt: InterruptCallback
+    terms: list[str]
     state: PartialState
     started: float
 
@@ -114,7 +119,16 @@ def setup_training(recipe: Recipe, resume: bool, console: Console) -> TrainingSe
         )
     with state.main_process_first():  # the base model answers, before the LoRA is attached
         replay = replay_pairs(recipe, base, len(train_rows), log=console.print)
-    model, peft_config = prepare_for_training(base, recipe)
+    terms = add_new_terms(recipe, base.model, base.tokenizer, train_rows)
+    if terms:
+        console.print(
+            f"adapter: {len(terms)} new tokens: {', '.join(terms[:8])}"
+            + (" …" if len(terms) > 8 else "")
+        )
+    token_ids = base.tokenizer.convert_tokens_to_ids(terms) if terms else []
+    model, peft_config = prepare_for_training(base, recipe, token_ids)
+    if recipe.adapter.method == "prompt_tuning" and recipe.train.packing:
+        console.print("adapter: prompt tuning trains on unpacked rows (train.packing is ignored)")
     train_data = tokenized_dataset([*train_rows, *replay], base.tokenizer)
     eval_data = tokenized_dataset(
         read_pairs(data_dir, "validation"), base.tokenizer, limit=t.max_eval_samples, seed=t.seed
@@ -139,7 +153,9 @@ def setup_training(recipe: Recipe, resume: bool, console: Console) -> TrainingSe
             callbacks=_callbacks(recipe, run_dir, console, interrupt),
         )
     trainer.remove_callback(PrinterCallback)
-    return TrainingSession(recipe, trainer, run_dir, base, checkpoint, interrupt, state, started)
+    return TrainingSession(
+        recipe, trainer, run_dir, base, checkpoint, interrupt, terms, state, started
+    )
 
 
 def run_training(session: TrainingSession) -> TrainSummary:
@@ -160,7 +176,7 @@ def run_training(session: TrainingSession) -> TrainSummary:
     checksums = gather_object([lora_checksum(trainer.model)])
     adapter_dir = run_dir / "adapter"
     if state.is_main_process:
-        save_adapter(trainer, adapter_dir)
+        save_adapter(trainer, adapter_dir, session)
     state.wait_for_everyone()
     summary = _summary(
         session, adapter_dir, base_metrics.get("base_loss"), adapter_metrics.get("eval_loss")
@@ -221,7 +237,7 @@ def sft_config(recipe: Recipe, run_dir: Path, base: LoadedBase) -> SFTConfig:
     return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         max_length=t.max_length,
-        packing=t.packing,
+        packing=t.packing and recipe.adapter.method != "prompt_tuning",
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -260,10 +276,16 @@ def _callbacks(recipe, run_dir, console, interrupt) -> list:
     return [*callbacks, interrupt, LastStepLogCallback()]  # the last sees the interrupt's stop
 
 
-def save_adapter(trainer: SFTTrainer, target: Path) -> Path:
-    """Write the final adapter (``adapter_model.safetensors`` + config) atomically."""
+def save_adapter(trainer: SFTTrainer, target: Path, session: TrainingSession) -> Path:
+    """Write the final adapter (``adapter_model.safetensors`` + config) atomically; a new-token
+    adapter also gets its tokenizer and ``new_tokens.json`` (its weights: the new rows only)."""
     with atomic_directory(target, replace=True) as tmp:
-        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        trainer.model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+        if session.terms:
+            tokenizer = session.base.tokenizer
+            ids = tokenizer.convert_tokens_to_ids(session.terms)
+            tokenizer.save_pretrained(tmp)
+            write_new_tokens(tmp, session.terms, ids, len(tokenizer) - len(session.terms))
     return target
 
 
@@ -285,6 +307,8 @@ def _summary(session: TrainingSession, adapter_dir, base_loss, adapter_loss) -> 
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         peak_cuda_mb=round(peak_cuda, 1) if peak_cuda is not None else None,
         precision=base.description,
+        method=session.recipe.adapter.method,
+        trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
     )
 
 

@@ -1,0 +1,177 @@
+"""Adapter methods: what each one is on disk, and the maths shared by training, evaluation and
+serving.
+
+- ``lora``: PEFT LoRA (``peft_type: LORA``).
+- ``prompt_tuning``: PEFT prompt tuning (``PROMPT_TUNING``): ``prompt_embeddings`` ``[n, hidden]``,
+  prepended to every prompt's token embeddings at positions ``0..n-1``.
+- ``new_tokens``: PEFT trainable tokens (``TRAINABLE_TOKENS``) on terms added to the tokenizer.
+- ``lora+new_tokens``: LoRA with ``trainable_token_indices``: both at once.
+
+A new-token adapter folder also holds its tokenizer (the base's plus the terms) and
+``new_tokens.json`` (``{"terms", "token_ids", "base_vocab_size"}``). Its weights file holds only the
+new rows (``save_embedding_layers=False``): the base model is extended again where it is loaded, by
+:func:`add_terms`, whose initial rows are the mean of each term's sub-word embeddings in the base
+vocabulary (input and, when untied, output embeddings); the trained input rows then replace them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file
+
+from lexlora.errors import LexloraError
+
+Method = Literal["lora", "prompt_tuning", "new_tokens", "lora+new_tokens"]
+METHODS: tuple[Method, ...] = ("lora", "prompt_tuning", "new_tokens", "lora+new_tokens")
+NEW_TOKENS_FILE = "new_tokens.json"
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+ENGINES: dict[Method, tuple[str, ...]] = {  # which engines can serve each method
+    "lora": ("embedded", "vllm"),
+    "prompt_tuning": ("embedded",),
+    "new_tokens": ("embedded",),
+    "lora+new_tokens": ("embedded",),
+}
+
+
+def has_new_tokens(method: str) -> bool:
+    return method in ("new_tokens", "lora+new_tokens")
+
+
+def has_lora(method: str) -> bool:
+    return method in ("lora", "lora+new_tokens")
+
+
+def method_of_config(config: dict[str, Any]) -> Method:
+    """The method an ``adapter_config.json`` (as a dict) describes."""
+    peft_type = config.get("peft_type", "LORA")
+    if peft_type == "LORA":
+        return "lora+new_tokens" if config.get("trainable_token_indices") else "lora"
+    if peft_type == "PROMPT_TUNING":
+        return "prompt_tuning"
+    if peft_type == "TRAINABLE_TOKENS":
+        return "new_tokens"
+    raise LexloraError(
+        f"{CONFIG_FILE}: peft_type {peft_type!r} is not one lexlora serves "
+        "(LORA, PROMPT_TUNING, TRAINABLE_TOKENS)"
+    )
+
+
+def adapter_method(folder: Path) -> Method:
+    """The method of the adapter in ``folder``."""
+    path = Path(folder) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LexloraError(f"{path}: cannot read the adapter config ({exc})") from None
+    if not isinstance(config, dict):
+        raise LexloraError(f"{path}: expected a JSON object")
+    try:
+        return method_of_config(config)
+    except LexloraError as exc:
+        raise LexloraError(f"{path}: {str(exc).removeprefix(CONFIG_FILE + ': ')}") from None
+
+
+def check_engine(method: str, engine: str, adapter: str) -> None:
+    """Raise a one-line error when ``engine`` cannot serve ``method``."""
+    engines = ENGINES.get(method, ())  # type: ignore[call-overload]
+    if engine not in engines:
+        raise LexloraError(
+            f"adapter '{adapter}' is a {method} adapter, which engine '{engine}' cannot serve "
+            f"(it serves {', '.join(m for m, e in ENGINES.items() if engine in e) or 'none'}); "
+            f"use engine: {' or '.join(engines)}"
+        )
+
+
+# --- new tokens ----------------------------------------------------------------------------
+
+
+def subword_ids(base_tokenizer: Any, term: str) -> list[int]:
+    """The base vocabulary's ids for ``term`` (what its new row is initialised from)."""
+    ids = list(base_tokenizer(term, add_special_tokens=False)["input_ids"])
+    if not ids:
+        raise LexloraError(f"new token {term!r}: the base tokenizer gives it no sub-words")
+    return ids
+
+
+def mean_rows(weight: torch.Tensor, base_tokenizer: Any, terms: list[str]) -> torch.Tensor:
+    """``[len(terms), hidden]``: each term's mean sub-word row of ``weight``."""
+    return torch.stack([weight[subword_ids(base_tokenizer, t)].mean(0) for t in terms])
+
+
+def add_terms(model: Any, tokenizer: Any, terms: list[str]) -> list[int]:
+    """Add ``terms`` to ``tokenizer`` (in place) and grow ``model``'s embeddings to match, each new
+    row the mean of the term's sub-word rows (the output head's too, when untied). Returns the
+    new ids, in the order of ``terms``."""
+    base_ids = {t: subword_ids(tokenizer, t) for t in terms}  # before the terms exist
+    known = [t for t in terms if t in tokenizer.get_vocab()]
+    if known:
+        raise LexloraError(f"new token {known[0]!r} is already a token of the base vocabulary")
+    tokenizer.add_tokens(list(terms))
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in terms]
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        tables = [model.get_input_embeddings().weight]
+        head = model.get_output_embeddings()
+        if head is not None and head.weight is not tables[0]:
+            tables.append(head.weight)
+        for table in tables:
+            for term, new_id in zip(terms, ids, strict=True):
+                table[new_id] = table[base_ids[term]].mean(0)
+    return ids
+
+
+def write_new_tokens(folder: Path, terms: list[str], ids: list[int], base_vocab: int) -> None:
+    record = {"terms": list(terms), "token_ids": list(ids), "base_vocab_size": base_vocab}
+    (Path(folder) / NEW_TOKENS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_new_tokens(folder: Path) -> dict[str, Any]:
+    """``new_tokens.json`` of a new-token adapter: terms, token ids, base vocabulary size."""
+    path = Path(folder) / NEW_TOKENS_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        terms, ids, vocab = record["terms"], record["token_ids"], record["base_vocab_size"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LexloraError(f"{path}: missing or unreadable ({exc!r})") from None
+    if len(terms) != len(ids) or ids != list(range(vocab, vocab + len(ids))):
+        raise LexloraError(f"{path}: token_ids must be base_vocab_size.. in the order of terms")
+    return record
+
+
+def trained_token_rows(folder: Path) -> torch.Tensor:
+    """The trained input rows ``[k, hidden]`` of a new-token adapter, in token-id order."""
+    tensors = load_file(str(Path(folder) / WEIGHTS_FILE))
+    rows = [v for k, v in tensors.items() if "trainable_tokens_delta" in k and "lm_head" not in k]
+    if len(rows) != 1:
+        raise LexloraError(f"{folder}/{WEIGHTS_FILE}: expected one trainable-tokens tensor")
+    return rows[0]
+
+
+def prompt_embeddings(folder: Path) -> torch.Tensor:
+    """The virtual tokens ``[n, hidden]`` of a prompt-tuned adapter."""
+    tensors = load_file(str(Path(folder) / WEIGHTS_FILE))
+    if "prompt_embeddings" not in tensors:
+        raise LexloraError(f"{folder}/{WEIGHTS_FILE}: no prompt_embeddings tensor")
+    return tensors["prompt_embeddings"]
+
+
+def load_adapted(base_path: str, folder: Path, dtype: torch.dtype = torch.float32) -> tuple:
+    """(PEFT model, tokenizer) for the adapter in ``folder`` of any method, as PEFT loads it
+    offline: for new tokens the base is first extended by :func:`add_terms` with the folder's
+    terms. The reference every engine's output is held to."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+    if has_new_tokens(adapter_method(folder)):
+        terms = read_new_tokens(folder)["terms"]
+        add_terms(model, tokenizer, terms)
+    model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    model.eval()
+    return model, tokenizer
