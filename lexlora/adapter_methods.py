@@ -105,8 +105,10 @@ def mean_rows(weight: torch.Tensor, base_tokenizer: Any, terms: list[str]) -> to
 
 def add_terms(model: Any, tokenizer: Any, terms: list[str]) -> list[int]:
     """Add ``terms`` to ``tokenizer`` (in place) and grow ``model``'s embeddings to match, each new
-    row the mean of the term's sub-word rows (the output head's too, when untied). Returns the
-    new ids, in the order of ``terms``."""
+    row the mean of the term's sub-word rows, in the input embeddings and the output head. A base
+    that ties the two is untied first (the head becomes a copy): only the input rows are trained
+    (TRL computes the loss from ``lm_head.weight`` itself and refuses an adapter on it), and every
+    loader gets the same untrained output rows. Returns the new ids, in the order of ``terms``."""
     base_ids = {t: subword_ids(tokenizer, t) for t in terms}  # before the terms exist
     known = [t for t in terms if t in tokenizer.get_vocab()]
     if known:
@@ -122,6 +124,10 @@ def add_terms(model: Any, tokenizer: Any, terms: list[str]) -> list[int]:
         for table in tables:
             for term, new_id in zip(terms, ids, strict=True):
                 table[new_id] = table[base_ids[term]].mean(0)
+        if head is not None and head.weight is tables[0]:
+            head.weight = torch.nn.Parameter(tables[0].detach().clone(), requires_grad=False)
+            model.config.tie_word_embeddings = False
+            model.config.get_text_config().tie_word_embeddings = False
     return ids
 
 

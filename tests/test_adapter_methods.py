@@ -122,3 +122,30 @@ def test_unknown_method_is_a_one_line_error(tiny_model, tmp_path):
     raw["adapter"]["method"] = "dora"
     with pytest.raises(LexloraError, match=r"adapter\.method"):
         validate_recipe(raw)
+
+
+def test_a_base_with_tied_embeddings_trains_new_tokens_on_an_untied_copy(tiny_model, tmp_path):
+    """SmolLM2 ties its embeddings; TRL refuses an adapter on the head, so the head is untied and
+    keeps each term's mean sub-word row while the input rows train."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(tiny_model)
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    tied = tmp_path / "tied"
+    AutoModelForCausalLM.from_config(config).save_pretrained(tied)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tied)
+    recipe = make_recipe(
+        tmp_path, tied, adapter={"method": "new_tokens", "new_tokens": {"terms": TERMS}}
+    )
+    summary = train(recipe)
+    assert summary.eval_loss_adapter < summary.eval_loss_base
+    model, tokenizer = load_adapted(str(tied), Path(summary.adapter_dir))
+    base = AutoModelForCausalLM.from_pretrained(tied)
+    base_tok = AutoTokenizer.from_pretrained(tied)
+    new_id = tokenizer.convert_tokens_to_ids(TERMS[0])
+    sub = base_tok(TERMS[0], add_special_tokens=False)["input_ids"]
+    mean = base.get_input_embeddings().weight[sub].mean(0)
+    assert torch.allclose(model.get_output_embeddings().weight[new_id], mean, atol=1e-6)
+    trained = model.get_input_embeddings()(torch.tensor([new_id]))[0]
+    assert not torch.allclose(trained, mean, atol=1e-4)
