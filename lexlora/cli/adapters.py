@@ -59,10 +59,18 @@ def adapters_list(
     if as_json:
         _echo_json([v.as_dict() for v in versions])
         return
-    table = Table("tenant", "name", "version", "aliases", "rank", "base", "created (UTC)")
+    table = Table("tenant", "name", "version", "aliases", "method", "rank", "base", "created (UTC)")
     for v in versions:
         created = v.created_at[:16].replace("T", " ")  # UTC, to the minute
-        row = (v.tenant, v.name, str(v.version), ", ".join(v.aliases), str(v.rank), v.base_model)
+        row = (
+            v.tenant,
+            v.name,
+            str(v.version),
+            ", ".join(v.aliases),
+            v.method,
+            str(v.rank),
+            v.base_model,
+        )
         table.add_row(*row, created)
     console.print(table if versions else "no adapters published")
 
