@@ -17,11 +17,14 @@ vocabulary (input and, when untied, output embeddings); the trained input rows t
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from lexlora.errors import LexloraError
 
@@ -156,6 +159,22 @@ def trained_token_rows(folder: Path) -> torch.Tensor:
     if len(rows) != 1:
         raise LexloraError(f"{folder}/{WEIGHTS_FILE}: expected one trainable-tokens tensor")
     return rows[0]
+
+
+@contextmanager
+def lora_part(folder: Path) -> Iterator[Path]:
+    """A temporary PEFT folder with only the LoRA part of a ``lora+new_tokens`` adapter (its
+    config without ``trainable_token_indices``, its weights without the new rows): what an
+    engine that holds the new rows itself loads into PEFT."""
+    folder = Path(folder)
+    config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    config["trainable_token_indices"] = None
+    tensors = load_file(str(folder / WEIGHTS_FILE))
+    with tempfile.TemporaryDirectory(prefix="lexlora-lora-part-") as tmp:
+        (Path(tmp) / CONFIG_FILE).write_text(json.dumps(config))
+        lora = {k: v for k, v in tensors.items() if "trainable_tokens" not in k}
+        save_file(lora, str(Path(tmp) / WEIGHTS_FILE))
+        yield Path(tmp)
 
 
 def prompt_embeddings(folder: Path) -> torch.Tensor:

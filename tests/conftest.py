@@ -234,6 +234,27 @@ def tiny_run(tiny_model, tmp_path_factory) -> Path:
     return Path(train(make_recipe(tmp, tiny_model)).run_dir)
 
 
+METHODS = ["lora", "prompt_tuning", "new_tokens", "lora+new_tokens"]
+TERMS = ["Confidential Information", "Effective Date"]
+
+
+@pytest.fixture(scope="session")
+def method_runs(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    """One finished run of the tiny model per ``adapter.method``, same data and step budget."""
+    from lexlora.train.trainer import train
+
+    tmp = tmp_path_factory.mktemp("methods")
+    out = {}
+    for method in METHODS:
+        adapter = {
+            "method": method,
+            "new_tokens": {"terms": TERMS},
+            "prompt_tuning": {"num_virtual_tokens": 4, "init_text": "Answer about the contract"},
+        }
+        out[method] = Path(train(make_recipe(tmp / method, tiny_model, adapter=adapter)).run_dir)
+    return out
+
+
 VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
 NEEDS_VLLM = [  # pytest marks of every test that starts a real vLLM server
     pytest.mark.slow,

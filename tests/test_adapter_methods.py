@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_recipe
+from conftest import METHODS, TERMS, make_recipe
 from safetensors.torch import load_file
 from test_eval import run_recipe
 
@@ -22,24 +22,10 @@ from lexlora.recipe import validate_recipe
 from lexlora.registry import AdapterStore
 from lexlora.train.trainer import train
 
-METHODS = ["lora", "prompt_tuning", "new_tokens", "lora+new_tokens"]
-TERMS = ["Confidential Information", "Effective Date"]
-
 
 @pytest.fixture(scope="module")
-def runs(tiny_model, tmp_path_factory) -> dict[str, Path]:
-    """One finished run per method, same data and step budget."""
-    tmp = tmp_path_factory.mktemp("methods")
-    out = {}
-    for method in METHODS:
-        adapter = {
-            "method": method,
-            "new_tokens": {"terms": TERMS},
-            "prompt_tuning": {"num_virtual_tokens": 4, "init_text": "Answer about the contract"},
-        }
-        recipe = make_recipe(tmp / method, tiny_model, adapter=adapter)
-        out[method] = Path(train(recipe).run_dir)
-    return out
+def runs(method_runs) -> dict[str, Path]:
+    return method_runs
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from lexlora.adapter_methods import check_engine
 from lexlora.errors import LexloraError
 from lexlora.registry import AdapterStore, AdapterVersion
 from lexlora.serve.errors import bad_request, model_not_found, unsupported
@@ -68,6 +69,21 @@ class Capabilities:
     engine: str
     scale: bool
     composition: bool
+
+
+def _check_method(av: AdapterVersion, capabilities: Capabilities, param: str) -> None:
+    """A 400 when the engine cannot serve the version's method, or when the request scales or
+    composes an adapter that is not LoRA (``param``: the field that asked for it)."""
+    try:
+        check_engine(av.method, capabilities.engine, av.name)
+    except LexloraError as exc:
+        raise bad_request(str(exc), "model") from None
+    if param != "model" and av.method != "lora":
+        raise bad_request(
+            f"adapter '{av.name}' is a {av.method} adapter: '{param}' applies to LoRA adapters "
+            "only (send it alone, at its trained strength)",
+            param,
+        )
 
 
 class TenantCatalog:
@@ -156,6 +172,8 @@ class TenantCatalog:
             if not capabilities.composition:
                 raise unsupported("adapters", capabilities.engine)
             parts = tuple(p for p in parts if p[1] != 0.0)
+            for av, _ in parts:
+                _check_method(av, capabilities, "adapters")
             return Target(tenant, parts)
         if model == self.base_id:
             return Target(tenant)
@@ -164,4 +182,5 @@ class TenantCatalog:
             return Target(tenant)
         if scale != 1.0 and not capabilities.scale:
             raise unsupported("lora_scale", capabilities.engine)
+        _check_method(av, capabilities, "lora_scale" if scale != 1.0 else "model")
         return Target(tenant, ((av, scale),))

@@ -36,6 +36,7 @@ from lexlora.serve.engines.base import Event as EngineEvent
 from lexlora.serve.engines.base import collect as collect_events
 from lexlora.serve.errors import ApiError, bad_request
 from lexlora.serve.formats import DONE, Echo, ResponseFormat, sse
+from lexlora.serve.prompts import PromptEncoder, encoder_for
 from lexlora.serve.protocol import ChatCompletionRequest, CompletionRequest
 from lexlora.serve.state import Gateway
 
@@ -80,8 +81,8 @@ async def answer_completion(
     prompts = req.prompts()
     params = ["prompt"] if len(prompts) == 1 else [f"prompt.{i}" for i in range(len(prompts))]
 
-    def encode() -> list[list[int]]:
-        return [gw.prompts.completion(p, param) for p, param in zip(prompts, params, strict=True)]
+    def encode(encoder: PromptEncoder) -> list[list[int]]:
+        return [encoder.completion(p, param) for p, param in zip(prompts, params, strict=True)]
 
     scores = req.logprobs if req.echo else None
     if req.echo and req.max_tokens == 0 and scores is None:
@@ -100,7 +101,7 @@ async def answer_chat(
         else Limit(req.max_tokens)
     )
     scoring = Scoring(logprobs=(req.top_logprobs or 0) if req.logprobs else None)
-    encode = lambda: [gw.prompts.chat(messages)]  # noqa: E731
+    encode = lambda encoder: [encoder.chat(messages)]  # noqa: E731
     return await _answer(gw, tenant, req, encode, limit, "messages", scoring, http)
 
 
@@ -108,7 +109,7 @@ async def _answer(
     gw: Gateway,
     tenant: str,
     req: CompletionRequest | ChatCompletionRequest,
-    encode: Callable[[], list[list[int]]],
+    encode: Callable[[PromptEncoder], list[list[int]]],
     limit: Limit,
     prompt_param: str,
     scoring: Scoring,
@@ -117,12 +118,20 @@ async def _answer(
     target = _target(gw, tenant, req)
     ticket = gw.admission.admit(tenant)  # before tokenising: a big prompt uses the tenant's share
     try:
-        prompts = await asyncio.to_thread(encode)  # a big prompt never blocks the event loop
-        job = _job(gw, tenant, req, target, prompts, limit, prompt_param, scoring)
+        encoder = await asyncio.to_thread(_encoder, gw, target)
+        prompts = await asyncio.to_thread(encode, encoder)  # never blocks the event loop
+        job = _job(gw, tenant, req, target, prompts, limit, prompt_param, scoring, encoder)
     except BaseException:
         ticket.release()
         raise
     return await respond(gw, job, http, ticket)
+
+
+def _encoder(gw: Gateway, target: Target) -> PromptEncoder:
+    """The prompt encoder of ``target``: a plain new-token adapter's own tokenizer, else the
+    base's (scaling and composition are LoRA only, see the catalog)."""
+    folder = target.parts[0][0].path if target.is_plain else None
+    return encoder_for(gw.prompts, folder)
 
 
 def _target(gw: Gateway, tenant: str, req: CompletionRequest | ChatCompletionRequest) -> Target:
@@ -145,6 +154,7 @@ def _job(
     limit: Limit,
     prompt_param: str,
     scoring: Scoring,
+    encoder: PromptEncoder,
 ) -> Job:
     cfg = gw.config
     requests = []
@@ -174,7 +184,7 @@ def _job(
                 prompt_logprobs=scoring.prompt_logprobs,
             )
         )
-    echo = [Echo(gw.prompts.text(ids), ids) for ids in prompts] if scoring.echo else None
+    echo = [Echo(encoder.text(ids), ids) for ids in prompts] if scoring.echo else None
     if echo and isinstance(req, CompletionRequest):  # a text prompt is echoed as it was sent
         for e, prompt in zip(echo, req.prompts(), strict=True):
             if isinstance(prompt, str):
@@ -183,7 +193,7 @@ def _job(
     fmt = ResponseFormat(
         model=req.model,
         chat=isinstance(req, ChatCompletionRequest),
-        token_text=gw.prompts.token_text,
+        token_text=encoder.token_text,
         logprobs=scoring.logprobs is not None,
         echo=echo,
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import queue
 import threading
@@ -36,6 +37,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+from lexlora.adapter_methods import adapter_method, has_lora, lora_part
 from lexlora.serve.batcher import Batcher
 from lexlora.serve.engines.base import (
     AdapterPart,
@@ -47,7 +49,8 @@ from lexlora.serve.engines.base import (
 )
 from lexlora.serve.engines.base import Event as EngineEvent
 from lexlora.serve.engines.decode import DecodeBatch
-from lexlora.serve.engines.rows import Event, Row
+from lexlora.serve.engines.extensions import Extensions
+from lexlora.serve.engines.rows import PEFT_BASE, Event, Row
 
 log = logging.getLogger("lexlora.serve")
 
@@ -89,6 +92,8 @@ class EmbeddedEngine(Engine):
         self._model.eval()
         self._peft: PeftModel | None = None
         self._adapters: set[str] = set()  # worker thread only
+        self._lora: set[str] = set()  # the adapters with LoRA layers in ``_peft``
+        self._extensions = Extensions(self._model, self.tokenizer)
         self._resident: tuple[str, ...] = ()  # a snapshot for other threads
         limit = getattr(self._model.config, "max_position_embeddings", None) or 2048
         self._max_context = min(max_context or limit, limit)
@@ -141,6 +146,17 @@ class EmbeddedEngine(Engine):
     def _load(self, name: str, path: Path) -> None:
         if name in self._adapters:
             return
+        method = adapter_method(path)
+        if method != "lora":  # its rows beside the vocabulary; then its LoRA part, if any
+            self._extensions.add(name, path, method)
+            if has_lora(method):
+                with lora_part(path) as lora_folder:
+                    self._load_lora(name, lora_folder)
+            self._adapters.add(name)
+            return
+        self._load_lora(name, path)
+
+    def _load_lora(self, name: str, path: Path) -> None:
         if self._peft is None:
             self._peft = PeftModel.from_pretrained(
                 self._model, str(path), adapter_name=name, is_trainable=False
@@ -149,10 +165,18 @@ class EmbeddedEngine(Engine):
             self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
         self._peft.eval()
         self._adapters.add(name)
+        self._lora.add(name)
 
     def _load_weighted(self, name: str, parts: list[AdapterPart]) -> None:
         if name in self._adapters:
             return
+        for part in parts:  # scaling and composition act on LoRA weights only
+            method = adapter_method(part.path)
+            if method != "lora":
+                raise EngineError(
+                    f"adapter {Path(part.path).name!r} is a {method} adapter: only LoRA adapters "
+                    "can be scaled or composed"
+                )
         if len(parts) == 1:
             self._load(name, parts[0].path)
             assert self._peft is not None
@@ -173,15 +197,20 @@ class EmbeddedEngine(Engine):
                 raise EngineError(f"these adapters cannot be combined: {exc}") from None
             self._peft.eval()
             self._adapters.add(name)
+            self._lora.add(name)
         finally:
             for temp in temps:
                 self._unload(temp)
 
     def _unload(self, name: str) -> None:
-        if name not in self._adapters or self._peft is None:
+        if name not in self._adapters:
             return
         self._adapters.discard(name)
-        if self._adapters:
+        self._extensions.remove(name)
+        if name not in self._lora or self._peft is None:
+            return
+        self._lora.discard(name)
+        if self._lora:
             self._peft.delete_adapter(name)
         else:  # the last one: back to the plain base model
             self._model = self._peft.unload()
@@ -213,6 +242,9 @@ class EmbeddedEngine(Engine):
     async def stream(self, request: GenerationRequest) -> AsyncIterator[EngineEvent]:
         if not request.prompt_ids:
             raise EngineError("the prompt is empty")
+        ext = self._extensions.by_adapter.get(request.adapter or "")
+        if ext is not None:  # engine ids: its virtual tokens first, its terms in its range
+            request = dataclasses.replace(request, prompt_ids=ext.to_engine(request.prompt_ids))
         if len(request.prompt_ids) >= self._max_context:
             raise EngineError(f"the prompt is longer than the context ({self._max_context})")
         loop = asyncio.get_running_loop()
@@ -223,13 +255,20 @@ class EmbeddedEngine(Engine):
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
         row = Row(request, emit)
+        if ext is not None and ext.tokenizer is not None:
+            tokenizer = ext.tokenizer
+            row.decode = lambda ids: tokenizer.decode(
+                [ext.to_adapter(i) for i in ids],
+                skip_special_tokens=True,
+                clean_up_tokenization_spaces=False,
+            )
         self._batcher.put(row)
         try:
             while True:
                 event = await events.get()
                 if isinstance(event, BaseException):
                     raise event
-                yield event
+                yield event if ext is None else ext.event(event)
                 if isinstance(event, Finished):
                     return
         finally:
@@ -259,18 +298,28 @@ class EmbeddedEngine(Engine):
         every_position: bool = False,
     ) -> torch.Tensor:
         kwargs: dict[str, Any] = {
-            "input_ids": ids,
             "attention_mask": mask,
             "position_ids": positions,
             "cache": cache,
             "use_cache": True,
             "logits_to_keep": 0 if every_position else 1,
         }
+        extensions = self._extensions
+        if extensions:  # rows of prompt-tuned or new-token adapters may be in this pass
+            kwargs |= {"inputs_embeds": extensions.embed(ids), "output_hidden_states": True}
+        else:
+            kwargs["input_ids"] = ids
         if self._peft is None:
             out = self._model(**kwargs)
-        else:
-            out = self._peft(**kwargs, adapter_names=adapters)
-        return out.logits if every_position else out.logits[:, -1, :]
+        else:  # an adapter without LoRA layers runs on the base weights (unknown: PEFT raises)
+            own_rows_only = self._extensions.by_adapter.keys() - self._lora
+            names = [PEFT_BASE if a in own_rows_only else a for a in adapters]
+            out = self._peft(**kwargs, adapter_names=names)
+        logits = out.logits
+        if extensions:
+            hidden = out.hidden_states[-1][:, -logits.shape[1] :]
+            logits = extensions.logits(logits, hidden, adapters)
+        return logits if every_position else logits[:, -1, :]
 
     def _accept(self, rows: list[Row]) -> list[Row]:
         """Rows whose adapter is resident; the others get an error (never base output)."""

@@ -73,6 +73,7 @@ class Row:
     generator: torch.Generator | None = None
     done: bool = False
     pending: list[TokenLogprob] = field(default_factory=list)  # logprobs not yet released
+    decode: Callable[[list[int]], str] | None = None  # the row's own (else the engine's)
 
     @property
     def peft_adapter(self) -> str:
@@ -85,7 +86,7 @@ class Row:
     def start(self, decode: Callable[[list[int]], str]) -> None:
         """Prepare the text tracker and a seeded random generator (sampling only)."""
         sampling = self.request.sampling
-        self.text = StopText(decode, sampling.stop)
+        self.text = StopText(self.decode or decode, sampling.stop)
         if sampling.temperature > 0:
             seed = sampling.seed if sampling.seed is not None else random.getrandbits(63)
             self.generator = torch.Generator().manual_seed(seed)

@@ -48,6 +48,7 @@ from typing import Any
 
 import httpx
 
+from lexlora.adapter_methods import adapter_method, check_engine
 from lexlora.errors import LexloraError
 from lexlora.serve.engines.base import (
     AdapterPart,
@@ -361,6 +362,7 @@ class VllmEngine(Engine):
             return
         self._ensure_up()
         path = Path(path).resolve()
+        self._check_method(name, path)
         self._check_rank(path)
         await self._load_into_vllm(name, path)
         self._adapters[name] = path
@@ -378,6 +380,17 @@ class VllmEngine(Engine):
             )
         if response.status_code != 200:
             raise EngineError(f"vLLM could not load the adapter: {message(response)}")
+
+    def _check_method(self, name: str, path: Path) -> None:
+        """An :class:`EngineError` for an adapter whose method vLLM cannot serve (LoRA only)."""
+        try:
+            method = adapter_method(path)
+        except LexloraError:
+            return  # vLLM says what is wrong with the folder
+        try:
+            check_engine(method, "vllm", name)
+        except LexloraError as exc:
+            raise EngineError(str(exc)) from None
 
     def _check_rank(self, path: Path) -> None:
         try:

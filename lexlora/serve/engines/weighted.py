@@ -32,6 +32,8 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     config = json.loads(config_file.read_text(encoding="utf-8"))
     if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
         raise EngineError("only plain LoRA adapters can be scaled or composed")
+    if config.get("trainable_token_indices"):
+        raise EngineError("adapters with new tokens cannot be scaled or composed (LoRA only)")
     if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("modules_to_save"):
         raise EngineError("adapters with rank/alpha patterns or modules_to_save cannot be combined")
     if config.get("bias", "none") != "none":

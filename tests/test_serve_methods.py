@@ -1,0 +1,112 @@
+"""Serving every adapter method on the embedded engine: rows of LoRA, prompt-tuned and new-token
+adapters (and the base) in flight together, each exact against offline PEFT."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+from conftest import METHODS, TERMS
+
+from lexlora.adapter_methods import check_engine, load_adapted
+from lexlora.errors import LexloraError
+from lexlora.serve.engines.base import GenerationRequest, SamplingParams
+from lexlora.serve.engines.embedded import EmbeddedEngine
+
+PROMPT = "The Effective Date of the Confidential Information clause is"
+N = 10
+
+
+def name(method: str) -> str:
+    return "acme--" + method.replace("+", "-")
+
+
+def offline(tiny_model, folder, prompt: str) -> tuple[list[int], str, torch.Tensor]:
+    """Prompt ids, greedy text and prompt log-probs ``[len, vocab]`` from offline PEFT."""
+    model, tokenizer = load_adapted(str(tiny_model), folder)
+    ids = tokenizer(prompt)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=N,
+            do_sample=False,
+        )
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -len(ids) :]
+    text = tokenizer.decode(out[0, -N:], skip_special_tokens=True)
+    return ids, text, torch.log_softmax(logits.float(), dim=-1)
+
+
+@pytest.fixture(scope="module")
+def references(tiny_model, method_runs):
+    return {m: offline(tiny_model, method_runs[m] / "adapter", PROMPT) for m in METHODS}
+
+
+def test_every_method_in_one_batch_equals_offline_peft(tiny_model, method_runs, references):
+    base_ids = references["lora"][0]
+    greedy = SamplingParams(max_tokens=N, temperature=0, ignore_eos=True)
+    score = SamplingParams(max_tokens=0)
+
+    async def scenario():
+        engine = EmbeddedEngine(str(tiny_model), max_batch_size=16, batch_wait_ms=20, threads=1)
+        await engine.start()
+        try:
+            for method in METHODS:
+                await engine.load_adapter(name(method), method_runs[method] / "adapter")
+            requests = [GenerationRequest(base_ids, greedy)]
+            for method in METHODS:
+                ids = references[method][0]
+                requests += [
+                    GenerationRequest(ids, greedy, adapter=name(method)),
+                    GenerationRequest(ids, score, adapter=name(method), prompt_logprobs=1),
+                ]
+            return await engine.generate(requests)
+        finally:
+            await engine.close()
+
+    results = asyncio.run(scenario())
+    for i, method in enumerate(METHODS):
+        ids, text, logprobs = references[method]
+        generated, scored = results[1 + 2 * i], results[2 + 2 * i]
+        assert generated.text == text, method
+        assert generated.prompt_tokens == len(ids)  # virtual tokens are not the user's
+        entries = scored.prompt_logprobs
+        assert [e.token for e in entries] == ids[1:], method
+        expected = logprobs[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+        got = torch.tensor([e.logprob for e in entries])
+        assert torch.allclose(got, expected, atol=1e-4), (method, (got - expected).abs().max())
+        assert all(t < logprobs.shape[-1] for e in entries for t, _ in e.top)
+    with_terms = [references[m][0] for m in ("new_tokens", "lora+new_tokens")]
+    assert all(len(ids) < len(base_ids) for ids in with_terms)  # each term is one token
+
+
+def test_new_term_generated_decodes_with_the_adapters_tokenizer(tiny_model, method_runs):
+    """A new-token row whose next token is forced to be a term decodes it as the term."""
+    folder = method_runs["new_tokens"] / "adapter"
+    _, tokenizer = load_adapted(str(tiny_model), folder)
+    ids = tokenizer("Notices: the")["input_ids"]
+
+    async def scenario():
+        engine = EmbeddedEngine(str(tiny_model), batch_wait_ms=0, threads=1)
+        await engine.start()
+        try:
+            await engine.load_adapter("nt", folder)
+            request = GenerationRequest(
+                ids, SamplingParams(max_tokens=1, temperature=0, logprobs=5), adapter="nt"
+            )
+            return (await engine.generate([request]))[0]
+        finally:
+            await engine.close()
+
+    result = asyncio.run(scenario())
+    token = result.logprobs[0].token
+    assert result.text == tokenizer.decode([token], skip_special_tokens=True)
+    assert all(t < len(tokenizer) for t, _ in result.logprobs[0].top)
+
+
+def test_engines_that_cannot_serve_a_method_say_so():
+    with pytest.raises(LexloraError, match="engine 'vllm' cannot serve"):
+        check_engine("prompt_tuning", "vllm", "terms")
+    check_engine("lora", "vllm", "x")
+    assert TERMS
