@@ -1,9 +1,11 @@
 """Prompts → token ids with the base model's tokenizer (chat: its chat template), and token ids
-→ the text shown for them in log-probs."""
+→ the text shown for them in log-probs. A new-token adapter's prompts use its own tokenizer (the
+base's plus its terms, saved in its version folder): :func:`encoder_for`."""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from lexlora.serve.errors import bad_request
@@ -47,3 +49,24 @@ class PromptEncoder:
             message = f"the chat template rejected the messages: {exc}"
             raise bad_request(message, param="messages") from None
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@lru_cache(maxsize=64)
+def _adapter_encoder(folder: str) -> PromptEncoder:
+    from transformers import AutoTokenizer
+
+    return PromptEncoder(AutoTokenizer.from_pretrained(folder))
+
+
+def encoder_for(base: PromptEncoder, folder: Path | None) -> PromptEncoder:
+    """The encoder for a request on the adapter version in ``folder`` (None: the base model):
+    a new-token adapter's own tokenizer (cached per version folder), else ``base``."""
+    from lexlora.adapter_methods import adapter_method, has_new_tokens
+    from lexlora.errors import LexloraError
+
+    try:
+        if folder is None or not has_new_tokens(adapter_method(Path(folder))):
+            return base
+    except LexloraError:  # not a readable adapter: loading it says so
+        return base
+    return _adapter_encoder(str(folder))
