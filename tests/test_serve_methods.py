@@ -32,7 +32,12 @@ TERMS = ["Licensor", "Sublicensee"]
 N = 12  # completion tokens in the comparisons
 K = 3  # top alternatives in the log-prob comparisons
 PROMPT = "The Licensor grants the Sublicensee a licence"
-NAMES = {"lora": "a-lora", "prompt_tuning": "a-pt", "new_tokens": "a-nt", "lora+new_tokens": "a-lnt"}
+NAMES = {
+    "lora": "a-lora",
+    "prompt_tuning": "a-pt",
+    "new_tokens": "a-nt",
+    "lora+new_tokens": "a-lnt",
+}
 
 
 def build_artefact(base: Path, folder: Path, method: str, seed: int) -> Path:
@@ -84,8 +89,7 @@ def setup(request, tiny_model, tmp_path_factory):
         model.lm_head.weight = model.model.embed_tokens.weight
         model.save_pretrained(base)
     folders = {
-        m: build_artefact(base, tmp / m.replace("+", "-"), m, seed=i)
-        for i, m in enumerate(NAMES)
+        m: build_artefact(base, tmp / m.replace("+", "-"), m, seed=i) for i, m in enumerate(NAMES)
     }
     return base, folders
 
@@ -185,9 +189,9 @@ def test_new_terms_decode_with_the_adapters_tokenizer(setup):
         await engine.load_adapter("nt", folders["new_tokens"])
         ext = engine._extensions.by_adapter["nt"]
         assert ext.to_engine([vocab + 1]) != [vocab + 1]  # a range of its own
-        engine_ids = ext.to_engine(AutoTokenizer.from_pretrained(folders["new_tokens"])(PROMPT)[
-            "input_ids"
-        ])
+        engine_ids = ext.to_engine(
+            AutoTokenizer.from_pretrained(folders["new_tokens"])(PROMPT)["input_ids"]
+        )
         return ext.decode(engine_ids)
 
     assert run_engine(base, scenario) == PROMPT
@@ -225,7 +229,7 @@ def test_scaling_a_non_lora_adapter_is_refused(setup):
 
 def test_vllm_refuses_other_methods_by_name():
     check_engine("lora", "vllm", "contracts")
-    with pytest.raises(LexloraError, match="adapter 'terms' is a new_tokens adapter.*'vllm'"):
+    with pytest.raises(LexloraError, match=r"adapter 'terms' is a new_tokens adapter.*'vllm'"):
         check_engine("new_tokens", "vllm", "terms")
 
 
@@ -234,7 +238,7 @@ def test_vllm_engine_load_refuses_non_lora(setup, tmp_path):
 
     _, folders = setup
     engine = VllmEngine.__new__(VllmEngine)  # no child process: the check runs before vLLM
-    with pytest.raises(EngineError, match="lora\\+new_tokens adapter.*'vllm'"):
+    with pytest.raises(EngineError, match=r"lora\+new_tokens adapter.*'vllm'"):
         engine._check_method("acme--lnt", folders["lora+new_tokens"])
     engine._check_method("acme--lora", folders["lora"])
 
@@ -308,7 +312,7 @@ def test_gateway_encodes_new_terms_and_echoes_exact_scores(gateway):
 
 
 def test_gateway_refuses_scaling_non_lora_and_checks_the_adapters_vocab(gateway):
-    client, base, folders = gateway
+    client, base, _ = gateway
     r = client.post(
         "/v1/completions",
         json={"model": NAMES["prompt_tuning"], "prompt": "x", "max_tokens": 1, "lora_scale": 0.5},

@@ -9,6 +9,14 @@ Exact weighted adapters (``load_weighted_adapter``): one part is a copy whose Lo
 multiplied by the weight (what ``peft.helpers.rescale_adapter_scale`` does, but for that copy
 only); several parts are combined by PEFT ``add_weighted_adapter(..., combination_type="cat")``.
 
+Adapter methods (:mod:`lexlora.adapter_methods`, read from the folder): LoRA adapters live in the
+``PeftModel``; prompt-tuned and new-token adapters bring embedding rows that live beside the base
+vocabulary (:mod:`lexlora.serve.engines.extensions`): a ``lora+new_tokens`` adapter is both (its
+LoRA part loaded from a filtered copy under the same name). Ids in requests and events are in the
+adapter's space (its tokenizer's); a prompt-tuned row's virtual tokens never leave the engine
+(``prompt_tokens`` counts the user's tokens; they do count against the context). Only LoRA
+adapters can be scaled or composed.
+
 Rows are taken fairly across their owners (tenants): a free place in the batch goes to the owner
 with the fewest running rows (:class:`Batcher`), so one tenant's queued rows never starve another's.
 
@@ -255,13 +263,8 @@ class EmbeddedEngine(Engine):
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
         row = Row(request, emit)
-        if ext is not None and ext.tokenizer is not None:
-            tokenizer = ext.tokenizer
-            row.decode = lambda ids: tokenizer.decode(
-                [ext.to_adapter(i) for i in ids],
-                skip_special_tokens=True,
-                clean_up_tokenization_spaces=False,
-            )
+        if ext is not None and ext.tokenizer is not None:  # its terms decode with its tokenizer
+            row.decode = ext.decode
         self._batcher.put(row)
         try:
             while True:

@@ -6,7 +6,10 @@ rows' prompts, positions ``0..n-1``, as PEFT runs them offline), a new-token ada
 tokenizer's ids ``V..V+k-1``). A forward pass embeds ids below ``V`` with the base and the others
 from :attr:`Extensions.rows_in`; the logits of the extension columns come from the final hidden
 state times :attr:`Extensions.rows_out`, and are ``-inf`` for every column that is not the row's
-own terms, so each row's softmax is exactly the one over its own vocabulary. Ranges are never
+own terms, so each row's softmax is exactly the one over its own vocabulary. A new-token
+adapter's ids start at its ``base_vocab_size`` (its base tokenizer's length), which may be below
+``V`` when the model's embedding is padded: its rows also get ``-inf`` for the padding columns,
+which offline (resized to the tokenizer) do not exist. Ranges are never
 reused while the engine runs (an unloaded adapter leaves a masked hole), so ids in flight stay
 valid.
 """
@@ -26,7 +29,13 @@ from lexlora.adapter_methods import (
     read_new_tokens,
     trained_token_rows,
 )
-from lexlora.serve.engines.base import Finished, PromptLogprobs, TextDelta, TokenLogprob
+from lexlora.serve.engines.base import (
+    EngineError,
+    Finished,
+    PromptLogprobs,
+    TextDelta,
+    TokenLogprob,
+)
 
 
 @dataclass(frozen=True)
@@ -35,18 +44,30 @@ class Extension:
 
     start: int
     virtual: int  # prompt tuning: virtual tokens, first in the range
-    new: int  # new tokens: the adapter's ids vocab .. vocab + new - 1
-    vocab: int
+    new: int  # new tokens: the adapter's ids base_vocab .. base_vocab + new - 1
+    vocab: int  # the engine's base rows (the model's embedding, maybe padded past the tokenizer)
+    base_vocab: int  # the adapter's first new id (its base tokenizer's length)
     tokenizer: Any | None = None
 
     def to_engine(self, ids: list[int]) -> list[int]:
         """A prompt in the adapter's ids → engine ids, its virtual tokens first."""
-        shift = self.start + self.virtual - self.vocab
+        shift = self.start + self.virtual - self.base_vocab
         virtual = list(range(self.start, self.start + self.virtual))
-        return virtual + [i if i < self.vocab else i + shift for i in ids]
+        return virtual + [i if i < self.base_vocab else i + shift for i in ids]
 
     def to_adapter(self, token: int) -> int:
-        return token if token < self.vocab else token - (self.start + self.virtual - self.vocab)
+        """An engine id leaving the engine → the adapter's id."""
+        shift = self.start + self.virtual - self.base_vocab
+        return token if token < self.vocab else token - shift
+
+    def decode(self, ids: list[int]) -> str:
+        """Generated engine ids as text, with the adapter's tokenizer (its terms included)."""
+        assert self.tokenizer is not None
+        return self.tokenizer.decode(
+            [self.to_adapter(i) for i in ids],
+            skip_special_tokens=True,
+            clean_up_tokenization_spaces=False,
+        )
 
     def entry(self, e: TokenLogprob) -> TokenLogprob:
         top = tuple((self.to_adapter(t), lp) for t, lp in e.top)
@@ -90,17 +111,24 @@ class Extensions:
         if method == "prompt_tuning":
             rows = prompt_embeddings(folder).to(self.rows_in.dtype)
             self._append(rows, torch.zeros_like(rows), [None] * len(rows))
-            self.by_adapter[name] = Extension(start, len(rows), 0, self.vocab)
+            self.by_adapter[name] = Extension(start, len(rows), 0, self.vocab, self.vocab)
         elif has_new_tokens(method):
             from transformers import AutoTokenizer
 
-            terms = read_new_tokens(folder)["terms"]
+            record = read_new_tokens(folder)
+            terms, base_vocab = record["terms"], int(record["base_vocab_size"])
+            if base_vocab > self.vocab:
+                raise EngineError(
+                    f"{Path(folder).name}: new tokens start at {base_vocab}, past the base "
+                    f"model's {self.vocab} embedding rows (another base?)"
+                )
             rows = trained_token_rows(folder).to(self.rows_in.dtype)
             head = self._model.get_output_embeddings().weight
             out = mean_rows(head.detach(), self._base_tokenizer, terms)  # as add_terms gives
             self._append(rows, out, [name] * len(rows))
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
-            self.by_adapter[name] = Extension(start, 0, len(rows), self.vocab, tokenizer)
+            ext = Extension(start, 0, len(rows), self.vocab, base_vocab, tokenizer)
+            self.by_adapter[name] = ext
 
     def remove(self, name: str) -> None:
         ext = self.by_adapter.pop(name, None)
@@ -131,4 +159,8 @@ class Extensions:
         extra = hidden @ self.rows_out.T
         own = torch.tensor([[o == a for o in self.owner] for a in adapters], dtype=torch.bool)
         extra = extra.masked_fill(~own[:, None, :], float("-inf"))
+        for i, adapter in enumerate(adapters):  # new tokens follow the tokenizer, not the padding:
+            ext = self.by_adapter.get(adapter)  # its base rows past them do not exist offline
+            if ext is not None and ext.new and ext.base_vocab < self.vocab:
+                logits[i, :, ext.base_vocab :] = float("-inf")
         return torch.cat([logits, extra.to(logits.dtype)], dim=-1)
