@@ -308,20 +308,28 @@ class EmbeddedEngine(Engine):
             "logits_to_keep": 0 if every_position else 1,
         }
         extensions = self._extensions
-        if extensions:  # rows of prompt-tuned or new-token adapters may be in this pass
-            kwargs |= {"inputs_embeds": extensions.embed(ids), "output_hidden_states": True}
+        extended = any(a in extensions.by_adapter for a in adapters)  # such rows in this pass
+        heads: list[torch.Tensor] = []
+        if extended:  # their rows embedded by us; the head's input kept for their term columns
+            kwargs["inputs_embeds"] = extensions.embed(ids)
+            hook = self._model.get_output_embeddings().register_forward_pre_hook(
+                lambda _module, args: heads.append(args[0])
+            )
         else:
             kwargs["input_ids"] = ids
-        if self._peft is None:
-            out = self._model(**kwargs)
-        else:  # an adapter without LoRA layers runs on the base weights (unknown: PEFT raises)
-            own_rows_only = self._extensions.by_adapter.keys() - self._lora
-            names = [PEFT_BASE if a in own_rows_only else a for a in adapters]
-            out = self._peft(**kwargs, adapter_names=names)
+        try:
+            if self._peft is None:
+                out = self._model(**kwargs)
+            else:  # an adapter without LoRA layers runs on the base weights (unknown: PEFT raises)
+                own_rows_only = extensions.by_adapter.keys() - self._lora
+                names = [PEFT_BASE if a in own_rows_only else a for a in adapters]
+                out = self._peft(**kwargs, adapter_names=names)
+        finally:
+            if extended:
+                hook.remove()
         logits = out.logits
-        if extensions:
-            hidden = out.hidden_states[-1][:, -logits.shape[1] :]
-            logits = extensions.logits(logits, hidden, adapters)
+        if extended:
+            logits = extensions.logits(logits, heads[-1], adapters)
         return logits if every_position else logits[:, -1, :]
 
     def _accept(self, rows: list[Row]) -> list[Row]:
