@@ -155,3 +155,39 @@ def test_published_methods_through_the_http_server(tiny_model, method_runs, refe
         refused = post({"model": name("prompt_tuning"), "prompt": PROMPT, "lora_scale": 0.5})
         assert refused.status_code == 400
         assert "lora_scale" in refused.json()["error"]["message"]
+
+
+def test_serve_verify_offline_side_handles_every_method(tiny_model, method_runs):
+    """`lexlora serve verify` computes each method's greedy completions offline (prompt tuning
+    and new tokens by PEFT's uncached forward) exactly as the embedded engine serves them."""
+    from lexlora.serve.verify import PROMPTS, offline
+
+    folders = {m: method_runs[m] / "adapter" for m in METHODS}
+    expected = offline(str(tiny_model), folders, list(PROMPTS), N)
+
+    async def scenario():
+        engine = EmbeddedEngine(str(tiny_model), max_batch_size=16, batch_wait_ms=20, threads=1)
+        await engine.start()
+        try:
+            requests = []
+            for method in METHODS:
+                await engine.load_adapter(name(method), folders[method])
+                _, tokenizer = load_adapted(str(tiny_model), folders[method])
+                requests += [
+                    GenerationRequest(
+                        tokenizer(p)["input_ids"],
+                        SamplingParams(max_tokens=N, temperature=0),
+                        adapter=name(method),
+                    )
+                    for p in PROMPTS
+                ]
+            return await engine.generate(requests)
+        finally:
+            await engine.close()
+
+    served = asyncio.run(scenario())
+    for i, method in enumerate(METHODS):
+        got = [
+            (g.text, g.completion_tokens) for g in served[i * len(PROMPTS) : (i + 1) * len(PROMPTS)]
+        ]
+        assert got == expected[method], method
