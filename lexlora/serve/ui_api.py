@@ -142,6 +142,7 @@ async def adapters(request: Request) -> dict:
             "version": av.version,
             "aliases": list(av.aliases),
             "created_at": av.created_at,
+            "method": av.method,
             "rank": av.rank,
             "recipe": av.metadata.get("recipe"),
             "run_id": av.metadata.get("run_id"),

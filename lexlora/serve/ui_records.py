@@ -328,6 +328,7 @@ def adapter_card(av: AdapterVersion, model_id: str, folders: Folders) -> dict:
         "created_at": av.created_at,
         "sha256": av.sha256,
         "base_model": _short(av.base_model),
+        "method": av.method,
         "rank": av.rank,
         "lora_alpha": meta.get("lora_alpha"),
         "target_modules": meta.get("target_modules"),

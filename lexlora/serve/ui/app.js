@@ -342,6 +342,7 @@ async function loadCard() {
   addField(fields, "version", `${card.name}:${card.version}`);
   addField(fields, "aliases", (card.aliases || []).join(", "));
   addField(fields, "base model", card.base_model);
+  addField(fields, "method", card.method);
   addField(fields, "rank", card.lora_alpha ? `${card.rank} (alpha ${card.lora_alpha})` : card.rank);
   addField(fields, "target modules", (card.target_modules || []).join(", "));
   addField(fields, "recipe", card.recipe);
