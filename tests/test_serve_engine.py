@@ -32,7 +32,8 @@ def ids(tiny_model):
 
 def run(tiny_model, scenario, **kw):
     async def main():
-        engine = EmbeddedEngine(str(tiny_model), max_batch_size=4, batch_wait_ms=0, threads=1, **kw)
+        settings = {"max_batch_size": 4, "batch_wait_ms": 0, "threads": 1, **kw}
+        engine = EmbeddedEngine(str(tiny_model), **settings)
         await engine.start()
         try:
             return await scenario(engine)

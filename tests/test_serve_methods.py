@@ -13,6 +13,7 @@ from conftest import build_tiny_llama
 from peft import LoraConfig, PromptTuningConfig, TrainableTokensConfig, get_peft_model
 from serve_reference import sha
 from starlette.testclient import TestClient
+from test_serve_engine import run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lexlora.adapter_methods import add_terms, check_engine, load_adapted, write_new_tokens
@@ -120,15 +121,7 @@ def tokenizer_of(base: Path, folders: dict, method: str | None):
 
 
 def run_engine(base: Path, scenario):
-    async def main():
-        engine = EmbeddedEngine(str(base), max_batch_size=8, batch_wait_ms=20, threads=1)
-        await engine.start()
-        try:
-            return await scenario(engine)
-        finally:
-            await engine.close()
-
-    return asyncio.run(main())
+    return run(base, scenario, max_batch_size=8, batch_wait_ms=20)
 
 
 def test_every_method_in_one_batch_equals_offline_peft(setup):

@@ -101,6 +101,7 @@ class Extensions:
         self.rows_out = weight.new_zeros((0, weight.shape[1]))
         self.owner: list[str | None] = []  # per extension column: whose term it is (None: virtual)
         self.by_adapter: dict[str, Extension] = {}
+        self._own: dict[str, torch.Tensor] = {}  # adapter → its columns (bool), made on first use
 
     def __bool__(self) -> bool:
         return bool(self.by_adapter)
@@ -137,13 +138,21 @@ class Extensions:
         first = ext.start - self.vocab
         for column in range(first, first + ext.virtual + ext.new):
             self.owner[column] = "\0"  # a hole: never the row's own column
+        self._own.clear()
         if not self.by_adapter:  # nothing in flight can use them: start afresh
             self.rows_in, self.rows_out, self.owner = self.rows_in[:0], self.rows_out[:0], []
+
+    def _columns(self, adapter: str) -> torch.Tensor:
+        """``[extension columns]`` bool: the columns of ``adapter``'s own terms."""
+        if adapter not in self._own:
+            self._own[adapter] = torch.tensor([o == adapter for o in self.owner], dtype=torch.bool)
+        return self._own[adapter]
 
     def _append(self, rows_in: torch.Tensor, rows_out: torch.Tensor, owners: list) -> None:
         self.rows_in = torch.cat([self.rows_in, rows_in])
         self.rows_out = torch.cat([self.rows_out, rows_out])
         self.owner += owners
+        self._own.clear()
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of engine ``ids`` (base rows below the vocabulary, ours above)."""
@@ -157,7 +166,7 @@ class Extensions:
     def logits(self, logits: torch.Tensor, hidden: torch.Tensor, adapters: list[str]):
         """``logits`` ``[rows, width, V]`` extended by each row's own term columns."""
         extra = hidden @ self.rows_out.T
-        own = torch.tensor([[o == a for o in self.owner] for a in adapters], dtype=torch.bool)
+        own = torch.stack([self._columns(a) for a in adapters])
         extra = extra.masked_fill(~own[:, None, :], float("-inf"))
         for i, adapter in enumerate(adapters):  # new tokens follow the tokenizer, not the padding:
             ext = self.by_adapter.get(adapter)  # its base rows past them do not exist offline
