@@ -51,22 +51,25 @@ class PromptEncoder:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-@lru_cache(maxsize=64)
-def _adapter_encoder(folder: str) -> PromptEncoder:
+@lru_cache(maxsize=256)
+def _adapter_encoder(folder: str) -> PromptEncoder | None:
+    """A new-token adapter's own encoder, None for any other method (read once per version
+    folder: a published version never changes)."""
     from transformers import AutoTokenizer
 
+    from lexlora.adapter_methods import adapter_method, has_new_tokens
+    from lexlora.errors import LexloraError
+
+    try:
+        if not has_new_tokens(adapter_method(Path(folder))):
+            return None
+    except LexloraError:  # not a readable adapter: loading it says so
+        return None
     return PromptEncoder(AutoTokenizer.from_pretrained(folder))
 
 
 def encoder_for(base: PromptEncoder, folder: Path | None) -> PromptEncoder:
     """The encoder for a request on the adapter version in ``folder`` (None: the base model):
     a new-token adapter's own tokenizer (cached per version folder), else ``base``."""
-    from lexlora.adapter_methods import adapter_method, has_new_tokens
-    from lexlora.errors import LexloraError
-
-    try:
-        if folder is None or not has_new_tokens(adapter_method(Path(folder))):
-            return base
-    except LexloraError:  # not a readable adapter: loading it says so
-        return base
-    return _adapter_encoder(str(folder))
+    own = None if folder is None else _adapter_encoder(str(folder))
+    return own or base
