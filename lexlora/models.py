@@ -34,7 +34,6 @@ BUILTIN_MODELS = {
         licence="Apache-2.0",
     )
 }
-DEFAULT_BASE = "smollm2-135m-instruct"
 
 
 def lexlora_home() -> Path:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lexlora.data.scrub import PII_TYPES
 from lexlora.errors import LexloraError
 from lexlora.io import dumps_canonical, sha256_text
 
@@ -51,9 +52,7 @@ class CleanConfig(_Section):
 
 class ScrubConfig(_Section):
     enabled: bool = True
-    types: list[str] = Field(
-        default_factory=lambda: ["EMAIL", "PHONE", "SSN", "MRN", "DOB", "ADDRESS", "IP", "CARD"]
-    )
+    types: list[str] = Field(default_factory=lambda: list(PII_TYPES))
 
 
 class BuilderConfig(_Section):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 SPLITS = ("train", "validation", "test")
 
@@ -52,11 +52,3 @@ def _stratum_counts(
         totals[split] += counts[split]
     counts["train"] = n - counts["validation"] - counts["test"]
     return counts
-
-
-def split_sizes(assignment: Mapping[str, str], doc_ids: Sequence[str] | None = None) -> dict:
-    sizes = dict.fromkeys(SPLITS, 0)
-    for doc_id, split in assignment.items():
-        if doc_ids is None or doc_id in doc_ids:
-            sizes[split] += 1
-    return sizes

@@ -20,8 +20,6 @@ from typing import Any
 from lexlora.errors import LexloraError
 from lexlora.io import atomic_write, dumps_canonical, sha256_text
 
-BUDGET = "budget"
-
 
 @dataclass
 class TeacherSettings:

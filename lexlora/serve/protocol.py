@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from lexlora.serve.errors import ApiError, bad_request, shown
+from lexlora.serve.errors import bad_request, shown
 
 MAX_STOP_SEQUENCES = 16
 MAX_PROMPTS = 128  # prompts in one completion request
@@ -324,8 +324,3 @@ def new_id(prefix: str) -> str:
 
 def now() -> int:
     return int(time.time())
-
-
-def error_payload(error: ApiError) -> str:
-    """An error as the ``data:`` of a server-sent event (after the stream has started)."""
-    return error.json_bytes().decode()

@@ -40,7 +40,7 @@ HOLDERS = (
 )
 _BUGGY_LINE = "[lora_indices_tensor]"  # how the 0.32.0 ops select weights per token
 
-_state: dict[str, Any] = {"done": False, "active": False}
+_state: dict[str, Any] = {"done": False}
 
 
 def _logger() -> logging.Logger:
@@ -123,7 +123,6 @@ def register() -> None:
         for name, op in fixed.items():
             if module is not None and getattr(module, name, None) is originals[name]:
                 setattr(module, name, op)
-    _state["active"] = True
     log.info(
         "lexlora plugin active: %s patched so base-model tokens (LoRA index -1) in mixed batches "
         "are left untouched (%s %s; vLLM PR #48421)",
@@ -131,7 +130,3 @@ def register() -> None:
         DISTRIBUTION,
         version,
     )
-
-
-def is_active() -> bool:
-    return bool(_state["active"])

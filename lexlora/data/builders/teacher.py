@@ -21,6 +21,7 @@ from typing import Any
 
 from lexlora.data.builders.base import BuildContext, DocumentView, clause_excerpt, options
 from lexlora.data.pairs import Pair, make_pair
+from lexlora.data.scrub import PII_TYPES
 from lexlora.data.segment import split_clauses
 from lexlora.data.teacher_client import (
     TeacherClient,
@@ -72,7 +73,7 @@ PROMPTS = {
     ),
 }
 
-PLACEHOLDER = re.compile(r"\[(?:EMAIL|PHONE|SSN|MRN|DOB|ADDRESS|IP|CARD)\]")
+PLACEHOLDER = re.compile(r"\[(?:" + "|".join(PII_TYPES) + r")\]")
 _QA_LINE = re.compile(
     r"^\s*(?:\d+[.)]\s*)?(?P<tag>q|question|a|answer)\s*\d*\s*[:.]\s*(?P<text>.*)$", re.IGNORECASE
 )
@@ -162,16 +163,6 @@ STOPWORDS = frozenset(
     ]
 )
 
-REASONS = (
-    "unparseable",
-    "schema",
-    "empty",
-    "not an answer",
-    "unsupported",
-    "placeholder",
-    "duplicate",
-    "budget",
-)
 _NUMBERING = re.compile(r"^\s*\d+[.)]\s+")
 
 
