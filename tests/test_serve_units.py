@@ -259,8 +259,30 @@ def test_score_only_rows_sharing_a_long_prefix_share_one_encoding():
         row([*question, 4]),
     ]
     clusters = _prefix_clusters(rows)
-    assert [(n, [rows.index(r) for r in members]) for n, members in clusters] == [
+    assert sorted((n, [rows.index(r) for r in members]) for n, members in clusters) == [
+        (MIN_SHARED + 1, [3]),
         (len(question), [0, 1, 4]),
         (len(question), [2]),
-        (MIN_SHARED + 1, [3]),
+    ]
+
+
+def test_options_of_each_question_share_that_question_not_only_the_system_turn():
+    """Two questions with a common system turn, each scored with two options, arriving
+    interleaved: each question's options share the whole question."""
+    from lexlora.serve.engines.base import GenerationRequest, SamplingParams
+    from lexlora.serve.engines.decode import MIN_SHARED, _prefix_clusters
+    from lexlora.serve.engines.rows import Row
+
+    def row(ids: list[int]) -> Row:
+        return Row(
+            GenerationRequest(ids, SamplingParams(max_tokens=0), None, None, 0), lambda _: None
+        )
+
+    system = list(range(1000, 1000 + MIN_SHARED + 2))
+    first, second = [*system, *range(1, 60)], [*system, *range(200, 240)]
+    rows = [row([*first, 7]), row([*second, 7]), row([*first, 8]), row([*second, 8])]
+    clusters = _prefix_clusters(rows)
+    assert sorted((n, sorted(rows.index(r) for r in m)) for n, m in clusters) == [
+        (len(second), [1, 3]),
+        (len(first), [0, 2]),
     ]

@@ -79,18 +79,32 @@ class EndpointScorer:
 
     # -- prompt log-likelihoods -----------------------------------------------------------------
 
-    def _token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+    def _token_logprobs(
+        self, sequences: list[list[int]], owners: list[int] | None = None
+    ) -> list[list[float]]:
         """Per sequence, the log-prob of each token after the first (via echo); raises
-        :class:`EchoUnsupported` for an endpoint without it."""
+        :class:`EchoUnsupported` for an endpoint without it. Sequences with the same ``owners``
+        entry (one item's options) go in the same request, so the server encodes their common
+        prompt once."""
         if self.echo_supported is False:
             raise EchoUnsupported
-        batches = [
-            sequences[i : i + PROMPTS_PER_REQUEST]
-            for i in range(0, len(sequences), PROMPTS_PER_REQUEST)
-        ]
+        batches: list[list[list[int]]] = []
+        owners = owners if owners is not None else list(range(len(sequences)))
+        for n, seq in enumerate(sequences):
+            new_owner = n == 0 or owners[n] != owners[n - 1]
+            if new_owner and (not batches or self._full(batches[-1], owners, n)):
+                batches.append([])
+            batches[-1].append(seq)
         with ThreadPoolExecutor(CONCURRENT_REQUESTS) as pool:
             scored = list(pool.map(self._score_batch, batches))
         return [row for batch in scored for row in batch]
+
+    @staticmethod
+    def _full(batch: list[list[int]], owners: list[int], n: int) -> bool:
+        """Whether the owner starting at ``n`` no longer fits in ``batch`` (an owner larger
+        than a request goes in one of its own)."""
+        size = next((m for m in range(n, len(owners)) if owners[m] != owners[n]), len(owners)) - n
+        return len(batch) + size > PROMPTS_PER_REQUEST
 
     def _score_batch(self, batch: list[list[int]]) -> list[list[float]]:
         import openai
@@ -127,9 +141,11 @@ class EndpointScorer:
         self.echo_supported = True
         return rows
 
-    def _continuations(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+    def _continuations(
+        self, pairs: list[tuple[list[int], list[int]]], owners: list[int] | None = None
+    ) -> list[list[float]]:
         """Per (prompt ids, continuation ids), the continuation tokens' log-probs."""
-        scores = self._token_logprobs([p + c for p, c in pairs])
+        scores = self._token_logprobs([p + c for p, c in pairs], owners)
         return [row[len(p) - 1 :] for (p, _), row in zip(pairs, scores, strict=True)]
 
     def choice_logprobs(self, items: Sequence[EvalItem]) -> list[list[float]]:
@@ -141,7 +157,7 @@ class EndpointScorer:
                 pairs.append((prompt, self._ids(text)))
                 owners.append(n)
         try:
-            scored = self._continuations(pairs)
+            scored = self._continuations(pairs, owners)
         except EchoUnsupported:
             return [self._choice_by_generation(item) for item in items]
         scores: list[list[float]] = [[] for _ in items]

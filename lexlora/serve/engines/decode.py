@@ -365,24 +365,27 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def _prefix_clusters(rows: list[Row]) -> list[tuple[int, list[Row]]]:
-    """Score-only ``rows`` grouped, in arrival order, with the first row of a group for the same
-    adapter that shares at least ``MIN_SHARED`` leading tokens with them (every row keeps one
-    token of its own; a group's rests stay within ``SCORE_TOKENS`` padded tokens): (shared
-    length, rows)."""
+    """Score-only ``rows`` grouped by shared leading tokens: (shared length, rows).
+
+    Rows are visited in token order per adapter, so rows with the most leading tokens in common
+    (a question scored with each of its options) lie side by side. A row joins the cluster before
+    it when that saves encoded tokens (its shared tokens, less what the members lose if their
+    shared part shrinks) and at least ``MIN_SHARED`` tokens are shared: a question's options
+    share the question, not only the system turn every question has. Every row keeps one token of
+    its own; a cluster's rests stay within ``SCORE_TOKENS`` padded tokens.
+    """
     clusters: list[tuple[int, list[Row]]] = []
-    for row in rows:
+    for row in sorted(rows, key=lambda r: (str(r.peft_adapter), r.request.prompt_ids)):
         ids = row.request.prompt_ids
-        for k, (shared, members) in enumerate(clusters):
-            lead = members[0]
-            if lead.peft_adapter != row.peft_adapter:
-                continue
-            n = min(shared, _common_prefix(lead.request.prompt_ids, ids), len(ids) - 1)
+        if clusters and clusters[-1][1][0].peft_adapter == row.peft_adapter:
+            shared, members = clusters[-1]
+            n = min(shared, _common_prefix(members[0].request.prompt_ids, ids), len(ids) - 1)
+            saved = len(members) * n - (len(members) - 1) * shared
             widest = max(r.prompt_len - n for r in [*members, row])
-            if n >= MIN_SHARED and widest * (len(members) + 1) <= SCORE_TOKENS:
-                clusters[k] = (n, [*members, row])
-                break
-        else:
-            clusters.append((len(ids) - 1, [row]))
+            if n >= MIN_SHARED and saved > 0 and widest * (len(members) + 1) <= SCORE_TOKENS:
+                clusters[-1] = (n, [*members, row])
+                continue
+        clusters.append((len(ids) - 1, [row]))
     return clusters
 
 
