@@ -1,17 +1,12 @@
-"""Adapter methods: what each one is on disk, and the maths shared by training, evaluation and
-serving.
+"""The maths of the adapter methods beyond LoRA, shared by training, evaluation and serving.
 
-- ``lora``: PEFT LoRA (``peft_type: LORA``).
-- ``prompt_tuning``: PEFT prompt tuning (``PROMPT_TUNING``): ``prompt_embeddings`` ``[n, hidden]``,
-  prepended to every prompt's token embeddings at positions ``0..n-1``.
-- ``new_tokens``: PEFT trainable tokens (``TRAINABLE_TOKENS``) on terms added to the tokenizer.
-- ``lora+new_tokens``: LoRA with ``trainable_token_indices``: both at once.
-
-A new-token adapter folder also holds its tokenizer (the base's plus the terms) and
-``new_tokens.json`` (``{"terms", "token_ids", "base_vocab_size"}``). Its weights file holds only the
-new rows (``save_embedding_layers=False``): the base model is extended again where it is loaded, by
+What each method is on disk (``adapter_config.json``, ``new_tokens.json``) is
+:mod:`lexlora.artifacts.adapter`. Here: a new-token adapter's weights file holds only the new rows
+(``save_embedding_layers=False``); the base model is extended again where it is loaded, by
 :func:`add_terms`, whose initial rows are the mean of each term's sub-word embeddings in the base
 vocabulary (input and, when untied, output embeddings); the trained input rows then replace them.
+Prompt-tuned adapters bring their virtual tokens (:func:`prompt_embeddings`); :func:`load_adapted`
+is the offline reference for any method.
 """
 
 from __future__ import annotations
@@ -21,74 +16,19 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from lexlora.artifacts.adapter import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    adapter_method,
+    has_new_tokens,
+    read_new_tokens,
+)
 from lexlora.errors import LexloraError
-
-Method = Literal["lora", "prompt_tuning", "new_tokens", "lora+new_tokens"]
-METHODS: tuple[Method, ...] = ("lora", "prompt_tuning", "new_tokens", "lora+new_tokens")
-NEW_TOKENS_FILE = "new_tokens.json"
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-ENGINES: dict[Method, tuple[str, ...]] = {  # which engines can serve each method
-    "lora": ("embedded", "vllm"),
-    "prompt_tuning": ("embedded",),
-    "new_tokens": ("embedded",),
-    "lora+new_tokens": ("embedded",),
-}
-
-
-def has_new_tokens(method: str) -> bool:
-    return method in ("new_tokens", "lora+new_tokens")
-
-
-def has_lora(method: str) -> bool:
-    return method in ("lora", "lora+new_tokens")
-
-
-def method_of_config(config: dict[str, Any]) -> Method:
-    """The method an ``adapter_config.json`` (as a dict) describes."""
-    peft_type = config.get("peft_type", "LORA")
-    if peft_type == "LORA":
-        return "lora+new_tokens" if config.get("trainable_token_indices") else "lora"
-    if peft_type == "PROMPT_TUNING":
-        return "prompt_tuning"
-    if peft_type == "TRAINABLE_TOKENS":
-        return "new_tokens"
-    raise LexloraError(
-        f"{CONFIG_FILE}: peft_type {peft_type!r} is not one lexlora serves "
-        "(LORA, PROMPT_TUNING, TRAINABLE_TOKENS)"
-    )
-
-
-def adapter_method(folder: Path) -> Method:
-    """The method of the adapter in ``folder``."""
-    path = Path(folder) / CONFIG_FILE
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LexloraError(f"{path}: cannot read the adapter config ({exc})") from None
-    if not isinstance(config, dict):
-        raise LexloraError(f"{path}: expected a JSON object")
-    try:
-        return method_of_config(config)
-    except LexloraError as exc:
-        raise LexloraError(f"{path}: {str(exc).removeprefix(CONFIG_FILE + ': ')}") from None
-
-
-def check_engine(method: str, engine: str, adapter: str) -> None:
-    """Raise a one-line error when ``engine`` cannot serve ``method``."""
-    engines = ENGINES.get(method, ())  # type: ignore[call-overload]
-    if engine not in engines:
-        raise LexloraError(
-            f"adapter '{adapter}' is a {method} adapter, which engine '{engine}' cannot serve "
-            f"(it serves {', '.join(m for m, e in ENGINES.items() if engine in e) or 'none'}); "
-            f"use engine: {' or '.join(engines)}"
-        )
-
 
 # --- new tokens ----------------------------------------------------------------------------
 
@@ -132,24 +72,6 @@ def add_terms(model: Any, tokenizer: Any, terms: list[str]) -> list[int]:
             model.config.tie_word_embeddings = False
             model.config.get_text_config().tie_word_embeddings = False
     return ids
-
-
-def write_new_tokens(folder: Path, terms: list[str], ids: list[int], base_vocab: int) -> None:
-    record = {"terms": list(terms), "token_ids": list(ids), "base_vocab_size": base_vocab}
-    (Path(folder) / NEW_TOKENS_FILE).write_text(json.dumps(record, indent=2) + "\n")
-
-
-def read_new_tokens(folder: Path) -> dict[str, Any]:
-    """``new_tokens.json`` of a new-token adapter: terms, token ids, base vocabulary size."""
-    path = Path(folder) / NEW_TOKENS_FILE
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        terms, ids, vocab = record["terms"], record["token_ids"], record["base_vocab_size"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LexloraError(f"{path}: missing or unreadable ({exc!r})") from None
-    if len(terms) != len(ids) or ids != list(range(vocab, vocab + len(ids))):
-        raise LexloraError(f"{path}: token_ids must be base_vocab_size.. in the order of terms")
-    return record
 
 
 def trained_token_rows(folder: Path) -> torch.Tensor:

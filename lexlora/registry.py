@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lexlora.artifacts.adapter import CONFIG_FILE, WEIGHTS_FILE
 from lexlora.errors import LexloraError
 from lexlora.io import dumps_canonical, sha256_file, write_json
 
@@ -43,8 +44,6 @@ except ImportError:  # pragma: no cover - Windows: staging leftovers are then ne
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 REF_PATTERN = re.compile(r"^(?P<name>[^:@]*)(?::(?P<version>[^:@]*)|@(?P<alias>[^:@]*))?$")
-WEIGHTS = "adapter_model.safetensors"
-CONFIG = "adapter_config.json"
 METADATA = "lexlora.json"
 REQUIRED_METADATA = {"base_model": str, "base_config_hash": str, "rank": int}
 LATEST = "latest"
@@ -191,7 +190,7 @@ def _commit(conn: sqlite3.Connection) -> None:
 
 
 def _check_publish_input(source: Path, metadata: dict) -> dict:
-    missing = [f for f in (WEIGHTS, CONFIG) if not (source / f).is_file()]
+    missing = [f for f in (WEIGHTS_FILE, CONFIG_FILE) if not (source / f).is_file()]
     if missing:
         raise LexloraError(f"{source}: not an adapter folder, missing {', '.join(missing)}")
     if not isinstance(metadata, dict):
@@ -396,16 +395,18 @@ class AdapterStore:
     @staticmethod
     def _copy_checked(source: Path, staging: Path) -> str:
         """Copy ``source`` into ``staging``, flush it, check the copy (a valid LoRA folder with
-        finite weights, see ``lexlora.export.validate``) and return the weights' sha256 after
+        finite weights, see ``lexlora.artifacts.adapter``) and return the weights' sha256 after
         checking that the copy's matches the source's."""
-        from lexlora.export.validate import read_adapter
+        from lexlora.artifacts.adapter import read_adapter
 
-        expected = sha256_file(source / WEIGHTS)
+        expected = sha256_file(source / WEIGHTS_FILE)
         shutil.copytree(source, staging, ignore=shutil.ignore_patterns(METADATA))
         _fsync_tree(staging)
-        actual = sha256_file(staging / WEIGHTS)
+        actual = sha256_file(staging / WEIGHTS_FILE)
         if actual != expected:
-            raise LexloraError(f"{source / WEIGHTS}: changed while being copied; publish again")
+            raise LexloraError(
+                f"{source / WEIGHTS_FILE}: changed while being copied; publish again"
+            )
         read_adapter(staging)
         return actual
 
@@ -503,11 +504,11 @@ class AdapterStore:
 
     def verify(self, av: AdapterVersion) -> None:
         """Raise a LexloraError unless the weights on disk match the recorded sha256 and the
-        folder passes ``lexlora.export.validate.read_adapter`` (finite weights, valid config:
+        folder passes ``lexlora.artifacts.adapter.read_adapter`` (finite weights, valid config:
         a store written before that check existed may hold NaN weights)."""
-        from lexlora.export.validate import read_adapter
+        from lexlora.artifacts.adapter import read_adapter
 
-        weights = av.path / WEIGHTS
+        weights = av.path / WEIGHTS_FILE
         if not weights.is_file():
             raise LexloraError(f"{av.ref}: {weights} is missing")
         if sha256_file(weights) != av.sha256:

@@ -49,7 +49,7 @@ def run_method(recipe: str, method: str, lr: float | None) -> dict:
         "file_bytes": weights.stat().st_size,
         "train_seconds": summary["wall_seconds"],
         "wall_seconds": round(seconds, 1),
-        "gate_passed": metrics["gate"]["passed"],
+        "gate_passed": metrics.gate is not None and metrics.gate.passed,
         "tracks": track_rows(metrics),
         "yes_rate": yes_rates(metrics),
         "report": report,

@@ -42,7 +42,7 @@ def main() -> None:
             start = time.perf_counter()
             manifest = build_dataset(recipe, corpora)
             seconds = time.perf_counter() - start
-            pairs = sum(manifest["pairs"]["total"].values())
+            pairs = sum(manifest.pairs.total.values())
             rows.append(
                 {
                     "seconds": round(seconds, 2),

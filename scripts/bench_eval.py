@@ -28,6 +28,7 @@ from rich.table import Table
 
 from lexlora.data.build import dataset_dir
 from lexlora.eval.runner import evaluate
+from lexlora.eval.targets import EvalTarget, scorer_for
 from lexlora.io import write_json
 from lexlora.models import resolve_base_model
 from lexlora.quiet import quiet_libraries
@@ -39,9 +40,9 @@ def timed(recipe, scorer, label: str, out: Path) -> dict:
     start = time.perf_counter()
     result = evaluate(recipe, scorer, dataset_dir(recipe), label, out_root=out, log=lambda _: None)
     seconds = time.perf_counter() - start
-    items = result.metrics["items"]
-    n = sum(items[k] for k in ("choice", "open", "sanity", "recall", "general"))
-    variants = 2 + sum(1 for r in result.metrics["sweep"] if r["scale"] not in (0.0, 1.0))
+    items = result.metrics.items
+    n = items.choice + items.open + items.sanity + items.recall + items.general
+    variants = 2 + sum(1 for r in result.metrics.sweep if r.scale not in (0.0, 1.0))
     return {
         "seconds": round(seconds, 1),
         "items": n,
@@ -95,23 +96,24 @@ def main() -> None:
     recipe = load_recipe(args.recipe, overrides)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        from lexlora.eval.local import load_local_scorer
-
         if not args.skip_in_process:
-            scorer = load_local_scorer(recipe.model.base, latest_run_dir(recipe) / "adapter")
+            scorer = scorer_for(recipe, EvalTarget()).scorer  # the newest run, in-process
             results["in-process"] = timed(recipe, scorer, "bench", Path(tmp))
         if args.endpoint:
-            from lexlora.eval.endpoint import EndpointScorer
-
-            base_path = resolve_base_model(recipe.model.base)
             with contextlib.ExitStack() as stack:
                 url, key = args.endpoint, args.api_key
                 if url == "serve":
+                    base_path = resolve_base_model(recipe.model.base)
                     url, key = stack.enter_context(served(recipe, base_path, Path(tmp))), SERVED_KEY
-                remote = EndpointScorer(
-                    url, key, args.endpoint_base, args.endpoint_model, base_path
+                target = EvalTarget(
+                    endpoint=url,
+                    api_key=key,
+                    endpoint_base=args.endpoint_base,
+                    endpoint_model=args.endpoint_model,
                 )
-                results["endpoint"] = timed(recipe, remote, "bench", Path(tmp))
+                results["endpoint"] = timed(
+                    recipe, scorer_for(recipe, target).scorer, "bench", Path(tmp)
+                )
     if "in-process" in results and "endpoint" in results:
         ratio = (
             results["endpoint"]["item_scores_per_s"] / results["in-process"]["item_scores_per_s"]

@@ -22,11 +22,13 @@ the wall time. Prints a table and writes ``reports/bench/bench_quality.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from lexlora.artifacts.gate import GateVerdict
+from lexlora.artifacts.metrics import METRICS_FILE, EvalMetrics
 
 TRACKS = {
     "reading": "yes_no_balanced_accuracy",
@@ -55,36 +57,37 @@ def newest_run(recipe: str, after: float) -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
-def read_metrics(run_dir: Path) -> tuple[dict, str]:
+def read_metrics(run_dir: Path) -> tuple[EvalMetrics, str]:
     """The run's evaluation metrics and its report folder (named by ``eval_gate.json``)."""
-    gate = json.loads((run_dir / "eval_gate.json").read_text(encoding="utf-8"))
-    report = Path(gate["report"])
-    return json.loads((report / "metrics.json").read_text(encoding="utf-8")), str(report)
+    gate = GateVerdict.load(run_dir)
+    if gate is None or gate.report is None:
+        sys.exit(f"{run_dir}: no evaluation (no eval_gate.json naming its report)")
+    return EvalMetrics.load(Path(gate.report) / METRICS_FILE), gate.report
 
 
-def track_rows(metrics: dict) -> dict[str, dict]:
+def track_rows(metrics: EvalMetrics) -> dict[str, dict]:
     """Base, adapter and the paired difference (mean, 95% interval) of each track present."""
     rows = {}
     for track, family in TRACKS.items():
-        row = metrics["headline"].get(family)
+        row = metrics.headline.get(family)
         if row is None:
             continue
         rows[track] = {
             "family": family,
-            "n": row["base"]["n"],
-            "base": row["base"]["mean"],
-            "adapter": row["adapter"]["mean"],
-            "difference": [row["difference"][k] for k in ("mean", "low", "high")],
+            "n": row.base.n,
+            "base": row.base.mean,
+            "adapter": row.adapter.mean,
+            "difference": [row.difference.mean, row.difference.low, row.difference.high],
         }
     return rows
 
 
-def yes_rates(metrics: dict) -> dict[str, dict]:
+def yes_rates(metrics: EvalMetrics) -> dict[str, dict]:
     out = {}
     for name, key in YES_RATE_SETS.items():
-        block = metrics.get(key)
-        if block and block.get("balanced_accuracy") is not None:
-            out[name] = block["yes_rate"]
+        block = getattr(metrics, key)
+        if block and block.balanced_accuracy is not None:
+            out[name] = block.yes_rate.model_dump()
     return out
 
 
@@ -95,8 +98,8 @@ def run_seed(recipe: str, seed: int) -> dict:
     return {
         "seed": seed,
         "wall_seconds": round(seconds, 1),
-        "gate_passed": metrics["gate"]["passed"],
-        "gate_flagged": [f["family"] for f in metrics["gate"]["flagged"]],
+        "gate_passed": metrics.gate is not None and metrics.gate.passed,
+        "gate_flagged": [f.family for f in metrics.gate.flagged] if metrics.gate else [],
         "tracks": track_rows(metrics),
         "yes_rate": yes_rates(metrics),
         "report": report,

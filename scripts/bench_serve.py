@@ -28,17 +28,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -46,6 +43,8 @@ from lexlora.io import write_json
 from lexlora.models import resolve_base_model
 from lexlora.quiet import quiet_libraries
 from lexlora.registry import AdapterStore
+from lexlora.serve.launch import serve_process
+from lexlora.serve.tenants import hash_key as sha  # bench_eval imports it from here
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY, ADMIN = "sk-bench-tenant", "sk-bench-admin"
@@ -56,10 +55,6 @@ PROMPTS = (
     "What is the governing law of the contract?",
     "List the termination conditions of this agreement.",
 )
-
-
-def sha(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def newest_adapter() -> Path | None:
@@ -81,7 +76,7 @@ def publish_adapters(store: AdapterStore, base_path: str, k: int, log) -> tuple[
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from lexlora.export.exporter import base_config_hash
+    from lexlora.artifacts.adapter import base_config_hash
 
     meta = {"base_model": base_path, "base_config_hash": base_config_hash(base_path), "rank": 16}
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,46 +93,13 @@ def publish_adapters(store: AdapterStore, base_path: str, k: int, log) -> tuple[
     return names, "random rank-16 LoRAs on q_proj/v_proj (no run found)"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
-def gateway(config: dict, tmp: Path, name: str, timeout: float = 600):
-    """A ``lexlora serve`` process with ``config``; yields its URL."""
+def gateway(config: dict, tmp: Path, name: str, timeout: float = 600) -> Iterator[str]:
+    """A ``lexlora serve`` process with ``config`` in ``tmp/name``; yields its URL."""
     folder = tmp / name
     folder.mkdir()
-    (folder / "serve.yaml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (folder / "server.log").open("w")
-    cmd = [sys.executable, "-m", "lexlora.cli", "serve", "--config", str(folder / "serve.yaml")]
-    proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name}: server exited:\n{(folder / 'server.log').read_text()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name}: server not up after {timeout} s")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with serve_process(config, folder, timeout=timeout, stop_timeout=60) as server:
+        yield server.url
 
 
 async def drive(url: str, models: list[str], clients: int, requests: int, max_tokens: int) -> dict:

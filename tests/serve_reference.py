@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -12,10 +11,6 @@ from peft.helpers import rescale_adapter_scale
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 N = 16  # completion tokens in the comparisons
-
-
-def sha(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def random_adapter(tiny_model: Path, out: Path, rank: int = 4, seed: int = 3) -> Path:

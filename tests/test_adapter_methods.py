@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import METHODS, TERMS, make_recipe
 from safetensors.torch import load_file
+from support import METHODS, TERMS, make_recipe
 from test_eval import run_recipe
 
-from lexlora.adapter_methods import ENGINES, load_adapted, read_new_tokens
+from lexlora.adapter_methods import load_adapted
+from lexlora.artifacts.adapter import ENGINES, read_new_tokens
 from lexlora.data.build import dataset_dir
 from lexlora.errors import LexloraError
 from lexlora.eval.local import load_local_scorer
@@ -96,9 +97,8 @@ def test_every_method_evaluates_against_the_same_true_base(runs, tmp_path):
         recipe = run_recipe(run, tmp_path / method)
         scorer = load_local_scorer(recipe.model.base, run / "adapter")
         result = evaluate(recipe, scorer, dataset_dir(recipe), method, out_root=tmp_path / "r")
-        head = result.metrics["headline"]
-        base_scores[method] = head["answer_nll"]["base"]["mean"]
-        scales = [row["scale"] for row in result.metrics["sweep"]]
+        base_scores[method] = result.metrics.headline["answer_nll"].base.mean
+        scales = [point.scale for point in result.metrics.sweep]
         assert scales == ([0.0, 0.5, 1.0] if method == "lora" else [1.0])
     assert len({round(v, 5) for v in base_scores.values()}) == 1, base_scores
 

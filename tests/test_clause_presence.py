@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import folder_recipe, write_contract_folder
+from support import folder_recipe, write_contract_folder
 
 from lexlora.corpora.licenses import read_license_documents
 from lexlora.data.build import build_dataset, dataset_dir
@@ -175,17 +175,17 @@ def test_builder_yes_with_evidence_no_with_statement_balanced(tmp_path):
             assert "has no clause that" in answer
     # balanced: within each split and category as many Yes as No
     assert all(len(set(c.values())) == 1 for c in per_split.values()), per_split
-    assert sum(manifest["pairs"]["dropped_to_balance"].values()) > 0
-    cp = manifest["clause_presence"]
-    assert cp["taxonomy"] == "commercial_contracts"
+    assert sum(manifest.pairs.dropped_to_balance.values()) > 0
+    cp = manifest.clause_presence
+    assert cp.taxonomy == "commercial_contracts"
     # the fixture's contracts draw 7 of 11 clauses: every category is seen, some both ways
-    ins = cp["detected"]["insurance"]
+    ins = cp.detected["insurance"]
     assert ins["yes"] > 0 and ins["no"] > 0
-    assert cp["ambiguous_dropped"] == sum(c["ambiguous_dropped"] for c in cp["detected"].values())
+    assert cp.ambiguous_dropped == sum(c["ambiguous_dropped"] for c in cp.detected.values())
     # the gold labels are scored against what the detector said of those documents
     text = {i: docs[f"folder:leases/contract_{i:02d}.txt"]["text"] for i in (1, 4, 7)}
     said = {i: "insurance" in text[i].lower() for i in (1, 4, 7)}
-    g = cp["gold"]["gold.jsonl"]
+    g = cp.gold["gold.jsonl"]
     assert g["n"] == 3 and g["gold_yes"] == 2
     assert g["tp"] == said[1] + said[7] and g["fp"] == said[4]
 

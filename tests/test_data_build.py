@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import folder_recipe
+from support import folder_recipe
 
 from lexlora.data.build import build_dataset
 from lexlora.data.pairs import flatten
@@ -48,10 +48,10 @@ def test_pairs_carry_exact_provenance_and_no_document_crosses_splits(contract_fo
                 assert source.startswith(f"{answer}") or answer in source
             if meta["choices"]:
                 assert meta["label"] in meta["choices"] and answer == meta["label"]
-    assert n_pairs == sum(manifest["pairs"]["total"].values()) > 100
-    assert set(manifest["split"]["documents"]) == {"train", "validation", "test"}
-    assert all(manifest["split"]["documents"][s] >= 2 for s in ("validation", "test"))
-    tasks = manifest["pairs"]["by_task"]
+    assert n_pairs == sum(manifest.pairs.total.values()) > 100
+    assert set(manifest.split.documents) == {"train", "validation", "test"}
+    assert all(manifest.split.documents[s] >= 2 for s in ("validation", "test"))
+    tasks = manifest.pairs.by_task
     assert {"definition", "section", "category", "document_card"} <= set(tasks)
 
 
@@ -63,7 +63,7 @@ def test_personal_data_never_reaches_the_outputs(contract_folder, tmp_path):
     assert "(555) 201-" not in everything
     assert "Main Street, Springfield" not in everything
     assert "[EMAIL]" in everything
-    counts = manifest["scrub"]["replacements"]
+    counts = manifest.scrub.replacements
     assert counts["EMAIL"] == counts["PHONE"] == counts["ADDRESS"] == 18
 
 
@@ -84,14 +84,14 @@ def test_seed_changes_the_split(contract_folder, tmp_path):
     one = build_dataset(folder_recipe(contract_folder, tmp_path / "a"))
     split = {"validation": 0.17, "test": 0.17, "stratify_by": "category", "seed": 2}
     two = build_dataset(folder_recipe(contract_folder, tmp_path / "b", split=split))
-    assert one["split"]["doc_ids"] != two["split"]["doc_ids"]
+    assert one.split.doc_ids != two.split.doc_ids
 
 
 def test_builder_weight_repeats_or_subsamples_training_pairs(contract_folder, tmp_path):
     base = build_dataset(folder_recipe(contract_folder, tmp_path / "a"))
     builders = {"definitions": {"weight": 2.0}, "obligations": {"weight": 0.5}}
     weighted = build_dataset(folder_recipe(contract_folder, tmp_path / "b", builders=builders))
-    b0, b1 = base["pairs"]["by_builder"], weighted["pairs"]["by_builder"]
+    b0, b1 = base.pairs.by_builder, weighted.pairs.by_builder
     assert b1["definitions"]["train"] == 2 * b0["definitions"]["train"]
     assert b1["obligations"]["train"] == round(0.5 * b0["obligations"]["train"])
     assert b1["definitions"]["test"] == b0["definitions"]["test"]  # held-out splits untouched
@@ -124,11 +124,11 @@ def test_bad_documents_are_skipped_and_counted(contract_folder, tmp_path):
     (contract_folder / "blob.txt").write_bytes(b"\x00\x01\x02binary")
     (contract_folder / "latin.txt").write_bytes("Vertrag über Käufe".encode("latin-1"))
     manifest = build_dataset(folder_recipe(contract_folder, tmp_path / "data"))
-    skipped = manifest["documents"]["skipped"]
+    skipped = manifest.documents.skipped
     assert skipped["empty"] == 1 and skipped["binary"] == 1 and skipped["not-utf8"] == 1
     assert skipped["unreadable-pdf"] == 1
-    assert manifest["documents"]["kept"] == 18
-    assert any("latin.txt" in w for w in manifest["documents"]["warnings"])
+    assert manifest.documents.kept == 18
+    assert any("latin.txt" in w for w in manifest.documents.warnings)
 
 
 def test_unknown_builder_and_missing_folder_are_user_errors(contract_folder, tmp_path):
@@ -191,12 +191,12 @@ def test_cli_builds_a_folder_recipe(contract_folder, tmp_path):
 def test_real_corpora_give_thousands_of_held_out_pairs(recipe_name, min_pairs, min_docs, tmp_path):
     recipe = load_recipe(recipe_name, [f"data.output_dir={tmp_path}"])
     manifest = build_dataset(recipe, corpora_dir=tmp_path / "corpora")
-    ids = manifest["split"]["doc_ids"]
+    ids = manifest.split.doc_ids
     assert not set(ids["train"]) & (set(ids["test"]) | set(ids["validation"]))
     assert not set(ids["test"]) & set(ids["validation"])
-    assert manifest["documents"]["kept"] >= min_docs
-    assert sum(manifest["pairs"]["total"].values()) >= min_pairs
-    assert manifest["leakage"]["passed"]
-    for stratum, counts in manifest["split"]["by_stratum"].items():
+    assert manifest.documents.kept >= min_docs
+    assert sum(manifest.pairs.total.values()) >= min_pairs
+    assert manifest.leakage.passed
+    for stratum, counts in manifest.split.by_stratum.items():
         if sum(counts.values()) >= 20:
             assert counts["test"] >= 1, stratum

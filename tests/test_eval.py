@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from lexlora.artifacts.metrics import EvalMetrics
 from lexlora.data.build import dataset_dir
 from lexlora.eval.local import load_local_scorer
 from lexlora.eval.runner import evaluate
@@ -72,23 +73,21 @@ def test_eval_writes_report_with_intervals_and_a_verified_sweep(tiny_run, scorer
         assert (result.report_dir / name).is_file(), name
     assert json.loads((result.report_dir / "metrics.json").read_text())["recipe"] == "tiny"
     assert "data:image/png;base64," in (result.report_dir / "report.html").read_text()
-    head = m["headline"]
+    head = m.headline
     assert {"choice_accuracy", "answer_nll", "token_f1"} <= set(head)
     nll = head["answer_nll"]
-    assert nll["base"]["low"] <= nll["base"]["mean"] <= nll["base"]["high"]
-    assert nll["difference"]["mean"] == pytest.approx(
-        nll["adapter"]["mean"] - nll["base"]["mean"], abs=1e-9
-    )
-    assert (
-        nll["adapter"]["mean"] < nll["base"]["mean"]
-    )  # the adapter learned these documents' style
-    sweep = {row["scale"]: row for row in m["sweep"]}
-    assert sweep[0.0]["max_abs_diff_vs_base"] < 1e-4
-    assert sweep[0.0]["answer_nll"] == pytest.approx(nll["base"]["mean"])
-    assert sweep[1.0]["answer_nll"] == pytest.approx(nll["adapter"]["mean"])
-    assert m["best_scale"] in sweep
-    assert m["items"]["refused_training_documents"] == 0
-    assert len(m["worst_examples"]) == 4
+    assert nll.base.low <= nll.base.mean <= nll.base.high
+    assert nll.difference.mean == pytest.approx(nll.adapter.mean - nll.base.mean, abs=1e-9)
+    assert nll.adapter.mean < nll.base.mean  # the adapter learned these documents' style
+    sweep = {point.scale: point for point in m.sweep}
+    assert sweep[0.0].max_abs_diff_vs_base < 1e-4
+    assert sweep[0.0].answer_nll == pytest.approx(nll.base.mean)
+    assert sweep[1.0].answer_nll == pytest.approx(nll.adapter.mean)
+    assert m.best_scale in sweep
+    assert m.items.refused_training_documents == 0
+    assert len(m.worst_examples) == 4
+    saved = EvalMetrics.load(result.report_dir / "metrics.json")  # what every reader gets
+    assert saved.headline == m.headline and saved.gate == m.gate.model_copy(update={"report": None})
 
 
 def test_items_from_training_documents_are_refused(tiny_run, scorer, tmp_path):
@@ -102,4 +101,4 @@ def test_items_from_training_documents_are_refused(tiny_run, scorer, tmp_path):
     test_rows = (data / "test.jsonl").read_text().splitlines()
     (leaked / "test.jsonl").write_text("\n".join(test_rows + train_rows[:5]) + "\n")
     result = evaluate(recipe, scorer, leaked, "tiny", sweep=[1.0], out_root=tmp_path / "r")
-    assert result.metrics["items"]["refused_training_documents"] == 5
+    assert result.metrics.items.refused_training_documents == 5

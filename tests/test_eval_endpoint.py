@@ -3,20 +3,19 @@ for figure (options and answer loss by echo log-likelihood, generations by chat)
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import yaml
-from conftest import running_server
 from test_eval import run_recipe
 
 from lexlora.data.build import dataset_dir
 from lexlora.eval.endpoint import EndpointScorer
 from lexlora.eval.local import load_local_scorer
 from lexlora.eval.runner import evaluate
-from lexlora.eval.tasks import load_spec, select_items, spec_path
+from lexlora.eval.tasks import load_spec, option_texts, select_items, spec_path
 from lexlora.export.exporter import export_run
 from lexlora.registry import AdapterStore
+from lexlora.serve.launch import serve_process
+from lexlora.serve.tenants import hash_key
 
 KEY = "sk-eval-endpoint"
 SPEC = {
@@ -39,10 +38,10 @@ def endpoint(tiny_model, tiny_run, tmp_path_factory):
         "base_model": str(tiny_model),
         "store": str(store.root),
         "threads": 1,
-        "tenants": {"acme": {"api_key_sha256": [hashlib.sha256(KEY.encode()).hexdigest()]}},
+        "tenants": {"acme": {"api_key_sha256": [hash_key(KEY)]}},
     }
-    with running_server(config, tmp) as (url, _):
-        yield url
+    with serve_process(config, tmp) as served:
+        yield served.url
 
 
 def scorers_and_items(endpoint, tiny_model, tiny_run, tmp_path):
@@ -84,10 +83,38 @@ def test_endpoint_eval_writes_a_report(endpoint, tiny_model, tiny_run, tmp_path)
     recipe = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"sweep": [1.0]})})
     remote = EndpointScorer(endpoint, KEY, "base", "contracts", str(tiny_model))
     result = evaluate(recipe, remote, dataset_dir(recipe), "contracts", out_root=tmp_path / "r")
-    head = result.metrics["headline"]
-    assert {"choice_accuracy", "token_f1"} <= set(head), result.metrics["items"]
+    head = result.metrics.headline
+    assert {"choice_accuracy", "token_f1"} <= set(head), result.metrics.items
     assert "answer_nll" in head and remote.echo_supported is True  # by echo log-likelihood
     assert (result.report_dir / "report.html").is_file()
     assert (
         yaml.safe_load((result.report_dir / "metrics.json").read_text())["adapter"] == "contracts"
     )
+
+
+def test_single_token_options_are_read_from_the_next_token_and_equal_in_process(
+    endpoint, tiny_model, tiny_run, tmp_path
+):
+    """Single-token options (Yes/No on a real tokenizer; two one-token words of the tiny one,
+    as the opening of the reference) come from the top log-probs of one generated token, not
+    from an echo of every prompt position: the same figures, a fraction of the work."""
+    import dataclasses
+
+    remote, local, items = scorers_and_items(endpoint, tiny_model, tiny_run, tmp_path)
+    with remote.variant(None):  # two one-token words the base finds likely after a prompt
+        (likely,) = remote._top_logprobs([remote._ids(remote.prompt_text(items[0]))])
+    words = [w for w in likely if w.startswith(" ") and remote._one_token(remote._ids(w))]
+    assert len(words) >= 2, likely
+    first, second = words[:2]
+    quick = [
+        dataclasses.replace(item, choices=(first, second), label=first, reference=f"{first} is")
+        for item in items
+    ]
+    assert option_texts(quick[0], remote.end) == [first, second]  # scored alone, one token each
+    for scale in (None, 1.0, 0.5):
+        with remote.variant(scale), local.variant(scale):
+            served, offline = remote.choice_logprobs(quick), local.choice_logprobs(quick)
+            for a, b in zip(served, offline, strict=True):
+                assert a == pytest.approx(b, abs=1e-4)
+    # read from the next token where both options are in the top 20, else by echo
+    assert remote.next_token_supported is True and remote.read_from_next_token > 0

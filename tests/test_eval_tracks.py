@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lexlora.artifacts.manifest import DataManifest
 from lexlora.corpora.document import Document
 from lexlora.errors import LexloraError
 from lexlora.eval.tasks import (
@@ -144,8 +145,7 @@ def eval_recipe(run: Path, tmp_path: Path, general: Path = GENERAL):
 
 
 def test_forgetting_on_general_questions_is_a_gated_headline_family(tiny_run, tmp_path):
-    from lexlora.cli.common import console
-    from lexlora.cli.evaluate import print_headline
+    from lexlora.cli.common import console, print_headline
     from lexlora.data.build import dataset_dir
     from lexlora.eval.report import track_text
     from lexlora.eval.runner import evaluate
@@ -155,20 +155,22 @@ def test_forgetting_on_general_questions_is_a_gated_headline_family(tiny_run, tm
         recipe, ForgetfulScorer(), dataset_dir(recipe), "stub", out_root=tmp_path / "r"
     )
     m = result.metrics
-    accuracy, nll = m["headline"]["general_accuracy"], m["headline"]["general_answer_nll"]
-    assert accuracy["base"]["mean"] == 1.0 and accuracy["adapter"]["mean"] == 0.0
-    assert accuracy["base"]["n"] == m["items"]["general"] == 72
-    assert accuracy["difference"]["high"] < 0 and nll["difference"]["low"] > 0
-    assert nll["perplexity"]["adapter"]["mean"] > nll["perplexity"]["base"]["mean"]
-    flagged = {f["family"] for f in m["gate"]["flagged"]}
+    accuracy, nll = m.headline["general_accuracy"], m.headline["general_answer_nll"]
+    assert accuracy.base.mean == 1.0 and accuracy.adapter.mean == 0.0
+    assert accuracy.base.n == m.items.general == 72
+    assert accuracy.difference.high < 0 and nll.difference.low > 0
+    assert nll.perplexity.adapter.mean > nll.perplexity.base.mean
+    flagged = {f.family for f in m.gate.flagged}
     assert {"headline general_accuracy", "headline general_answer_nll"} <= flagged
     assert not any(f.startswith("task") for f in flagged)  # domain items: no change
-    assert m["tracks"]["general"] == ["general_accuracy", "general_answer_nll"]
-    assert m["tracks"]["reading"] == ["choice_accuracy"]
-    assert set(m["general"]["by_topic"]["science"]) == {"accuracy", "answer_nll"}
+    assert m.tracks["general"] == ["general_accuracy", "general_answer_nll"]
+    assert m.tracks["reading"] == ["choice_accuracy"]
+    assert set(m.general.by_topic["science"]) == {"accuracy", "answer_nll"}
     saved = json.loads((result.report_dir / "metrics.json").read_text())
     assert saved["headline"]["general_accuracy"]["difference"]["worse"]
-    general_line = next(line for line in track_text(m) if line.startswith("general"))
+    general = next(line for line in track_text(m) if line.text.startswith("general"))
+    general_line = general.text
+    assert general.tone == "worse"
     assert "option accuracy 1.000 → 0.000" in general_line and "WORSE" in general_line
     report = (result.report_dir / "report.md").read_text()
     assert "## Tracks (base → adapter)" in report and general_line in report
@@ -195,15 +197,15 @@ def test_general_track_on_a_tiny_model_has_intervals_and_is_gated(tiny_run, tmp_
     scorer = load_local_scorer(recipe.model.base, tiny_run / "adapter")
     m = evaluate(recipe, scorer, dataset_dir(recipe), "tiny", out_root=tmp_path / "r").metrics
     for name in ("general_accuracy", "general_answer_nll"):
-        row = m["headline"][name]
-        for side in ("base", "adapter"):
-            assert row[side]["low"] <= row[side]["mean"] <= row[side]["high"]
-        diff = row["difference"]
-        assert diff["low"] <= diff["mean"] <= diff["high"] and 0 < diff["p_worse"] <= 1
-        assert row["base"]["n"] == 12
-    small = {s["family"] for s in m["gate"]["too_small"]}
+        row = m.headline[name]
+        for side in (row.base, row.adapter):
+            assert side.low <= side.mean <= side.high
+        diff = row.difference
+        assert diff.low <= diff.mean <= diff.high and 0 < diff.p_worse <= 1
+        assert row.base.n == 12
+    small = {s.family for s in m.gate.too_small}
     assert not small & {"headline general_accuracy", "headline general_answer_nll"}
-    assert m["gate"]["min_items"] == 10
+    assert m.gate.min_items == 10
 
 
 def corpus_ids(recipe: str) -> set[str]:
@@ -320,8 +322,7 @@ def test_icd_recall_asks_training_codes_balanced_in_held_out_wordings(icd_data, 
     assert labels["Yes"] == labels["No"] >= 20
     train = [json.loads(line) for line in (icd_data / "train.jsonl").read_text().splitlines()]
     questions = {m["content"] for r in train for m in r["messages"] if m["role"] == "user"}
-    manifest = json.loads((icd_data / "manifest.json").read_text())
-    train_docs = set(manifest["split"]["doc_ids"]["train"])
+    train_docs = DataManifest.read(icd_data).training_documents()
     documents = (icd_data / "documents.jsonl").read_text().splitlines()
     lines = {
         d["id"]: {m[2]: m[3].strip() for m in map(CODE_LINE_RE.match, d["text"].split("\n")) if m}

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_recipe
 from peft import PeftModel
 from peft.helpers import rescale_adapter_scale
 from safetensors.torch import load_file, save_file
+from support import make_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lexlora.errors import LexloraError

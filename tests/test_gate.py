@@ -11,14 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import make_recipe
+from support import make_recipe
 
+from lexlora.artifacts.gate import GATE_FILE, GateVerdict, TooSmall
+from lexlora.artifacts.metrics import Comparison
 from lexlora.errors import LexloraError
-from lexlora.eval.gate import GATE_FILE, check_gate, gate_verdict, holm_rejections
+from lexlora.eval.gate import gate_verdict, holm_rejections
 from lexlora.eval.report import gate_text
-from lexlora.eval.scores import compare, summarize
+from lexlora.eval.scores import comparison
 from lexlora.eval.tasks import EvalItem, option_texts
 from lexlora.eval.yesno import balanced_accuracy, yes_no_metrics
+from lexlora.export.exporter import check_gate
 
 
 def yes_no_items(labels: list[str], categories: list[str] | None = None) -> list[EvalItem]:
@@ -45,17 +48,16 @@ def test_balanced_accuracy_is_blind_to_a_constant_answer():
     always_yes = [1.0 if lab == "Yes" else 0.0 for lab in labels]  # correct on every Yes
     perfect = [1.0] * 40
     m = yes_no_metrics(items, always_yes, perfect, seed=0)
-    assert m["accuracy"]["base"]["mean"] == pytest.approx(0.75)  # looks good, is not
-    ba = m["balanced_accuracy"]
-    assert ba["base"]["mean"] == pytest.approx(0.5) and ba["adapter"]["mean"] == 1.0
-    assert ba["base"]["low"] <= 0.5 <= ba["base"]["high"]
-    assert ba["difference"]["improved"] and not ba["difference"]["worse"]
-    assert m["yes_rate"] == {"base": 1.0, "adapter": pytest.approx(0.75)}
-    assert set(m["by_category"]) == {"a", "b"} and m["by_category"]["a"]["n"] == 20
+    assert m.accuracy.base.mean == pytest.approx(0.75)  # looks good, is not
+    ba = m.balanced_accuracy
+    assert ba.base.mean == pytest.approx(0.5) and ba.adapter.mean == 1.0
+    assert ba.base.low <= 0.5 <= ba.base.high
+    assert ba.difference.improved and not ba.difference.worse
+    assert (m.yes_rate.base, m.yes_rate.adapter) == (1.0, pytest.approx(0.75))
+    assert set(m.by_category) == {"a", "b"} and m.by_category["a"].base.n == 20
     # one class only: balanced accuracy is undefined, not 0 or 1
     assert (
-        yes_no_metrics(yes_no_items(["No"] * 4), [1.0] * 4, [0.0] * 4, 0)["balanced_accuracy"]
-        is None
+        yes_no_metrics(yes_no_items(["No"] * 4), [1.0] * 4, [0.0] * 4, 0).balanced_accuracy is None
     )
     is_yes = np.array([True, True, False, False])
     assert balanced_accuracy(is_yes, np.array([1.0, 0.0, 1.0, 1.0])) == pytest.approx(0.75)
@@ -75,35 +77,33 @@ def stat(mean: float) -> dict:
     return {"mean": mean, "low": mean - 0.01, "high": mean + 0.01, "n": 50}
 
 
-def row(metric: str, base: float, adapter: float, low: float, high: float, p: float) -> dict:
-    return {
-        "metric": metric,
-        "base": stat(base),
-        "adapter": stat(adapter),
-        "difference": {
-            "mean": adapter - base,
-            "low": low,
-            "high": high,
-            "improved": False,
-            "worse": (high < 0) if metric != "answer_nll" else (low > 0),
-            "p_worse": p,
-        },
-    }
+def row(metric: str, base: float, adapter: float, low: float, high: float, p: float) -> Comparison:
+    return Comparison.model_validate(
+        {
+            "metric": metric,
+            "base": stat(base),
+            "adapter": stat(adapter),
+            "difference": {
+                "mean": adapter - base,
+                "low": low,
+                "high": high,
+                "improved": False,
+                "worse": (high < 0) if metric != "answer_nll" else (low > 0),
+                "p_worse": p,
+            },
+        }
+    )
 
 
 def test_gate_verdict_names_each_significantly_worse_family(tmp_path):
-    metrics = {
-        "tasks": {
-            "definition": row("answer_nll", 2.0, 2.6, 0.4, 0.8, 0.001),  # worse: loss went up
-            "modality": row("accuracy", 0.5, 0.45, -0.15, 0.05, 0.2),  # spans 0: not flagged
-        },
-        "headline": {
-            "yes_no_balanced_accuracy": row("balanced_accuracy", 0.6, 0.4, -0.3, -0.1, 0.001),
-        },
+    tasks = {
+        "definition": row("answer_nll", 2.0, 2.6, 0.4, 0.8, 0.001),  # worse: loss went up
+        "modality": row("accuracy", 0.5, 0.45, -0.15, 0.05, 0.2),  # spans 0: not flagged
     }
-    verdict = gate_verdict(metrics)
-    assert not verdict["passed"]
-    assert [f["family"] for f in verdict["flagged"]] == [
+    headline = {"yes_no_balanced_accuracy": row("balanced_accuracy", 0.6, 0.4, -0.3, -0.1, 0.001)}
+    verdict = gate_verdict(tasks, headline)
+    assert not verdict.passed
+    assert [f.family for f in verdict.flagged] == [
         "task definition",
         "headline yes_no_balanced_accuracy",
     ]
@@ -112,7 +112,8 @@ def test_gate_verdict_names_each_significantly_worse_family(tmp_path):
     messages: list[str] = []
     check_gate(run, force=False, log=messages.append)  # never evaluated: a warning, not a refusal
     assert "no held-out evaluation" in messages[0]
-    (run / GATE_FILE).write_text(json.dumps({**verdict, "report": "r"}))
+    verdict.save(run, Path("r"))
+    assert GateVerdict.load(run) == verdict.model_copy(update={"report": "r"})
     with pytest.raises(LexloraError, match=r"gate flagged 2 task families.*--force"):
         check_gate(run, force=False)
     check_gate(run, force=True, log=messages.append)
@@ -126,13 +127,8 @@ def test_holm_rejections_step_down():
     assert holm_rejections([], alpha=0.025) == []
 
 
-def family(metric: str, adapter: list[float], base: list[float]) -> dict:
-    return {
-        "metric": metric,
-        "base": summarize(base),
-        "adapter": summarize(adapter),
-        "difference": compare(adapter, base, metric),
-    }
+def family(metric: str, adapter: list[float], base: list[float]) -> Comparison:
+    return comparison(adapter, base, metric)
 
 
 def test_gate_needs_enough_items_and_corrects_for_many_families():
@@ -143,21 +139,20 @@ def test_gate_needs_enough_items_and_corrects_for_many_families():
     borderline = family("accuracy", [0.0] * 4 + [1.0] * 36, ones)  # p ≈ 0.9**40 ≈ 0.015
     improved = family("accuracy", ones, [0.0] * 20 + [1.0] * 20)
     tiny_and_worse = family("token_f1", [0.0] * 12, [1.0] * 12)
-    assert borderline["difference"]["worse"], "uncorrected, the 95% interval excludes zero"
-    assert 0.0125 <= borderline["difference"]["p_worse"] < 0.025
-    metrics = {
-        "tasks": {"a": clearly_worse, "b": borderline, "c": improved},
-        "headline": {"token_f1": tiny_and_worse},
-    }
-    verdict = gate_verdict(metrics)
-    assert [f["family"] for f in verdict["flagged"]] == ["task a"]
-    assert verdict["gated"] == 3
-    assert verdict["too_small"] == [{"family": "headline token_f1", "metric": "token_f1", "n": 12}]
+    assert borderline.difference.worse, "uncorrected, the 95% interval excludes zero"
+    assert 0.0125 <= borderline.difference.p_worse < 0.025
+    tasks = {"a": clearly_worse, "b": borderline, "c": improved}
+    verdict = gate_verdict(tasks, {"token_f1": tiny_and_worse})
+    assert [f.family for f in verdict.flagged] == ["task a"]
+    assert verdict.gated == 3
+    assert verdict.too_small == [TooSmall(family="headline token_f1", metric="token_f1", n=12)]
     # the same borderline family alone is flagged: with one family Holm is the plain interval
-    assert not gate_verdict({"tasks": {"b": borderline}})["passed"]
-    lines = gate_text({"gate": verdict})
-    assert lines[0] == "no-regression gate: FLAGGED (1 of 3 families)"
-    assert lines[-1] == "not gated, fewer than 30 items: headline token_f1 (n=12)"
+    assert not gate_verdict({"b": borderline}, {}).passed
+    lines = gate_text(verdict)
+    assert [(line.text, line.tone) for line in (lines[0], lines[-1])] == [
+        ("no-regression gate: FLAGGED (1 of 3 families)", "worse"),
+        ("not gated, fewer than 30 items: headline token_f1 (n=12)", "neutral"),
+    ]
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from lexlora.artifacts.manifest import DataManifest
 from lexlora.data.build import build_dataset
-from lexlora.data.manifest import verify_dataset
 from lexlora.export.exporter import export_run
 from lexlora.io import CRASH_ENV, MADE_BY_LEXLORA, read_jsonl
 from lexlora.recipe import load_recipe
@@ -84,14 +84,14 @@ def recipe_file(folder: Path, out: Path, path: Path) -> Path:
 def build_generation(folder: Path) -> int:
     """The split seed of the build in ``folder``, after checking that every file is of that
     build: the manifest's hashes match and every pair's document is in its split."""
-    manifest = verify_dataset(folder, "contracts")
+    manifest = DataManifest.load(folder, "contracts")
     docs = {d["id"]: d["split"] for d in read_jsonl(folder / "documents.jsonl")}
     for split in ("train", "validation", "test"):
         assert {docs[r["meta"]["doc_id"]] for r in read_jsonl(folder / f"{split}.jsonl")} <= {split}
         assert sorted(d for d, s in docs.items() if s == split) == sorted(
-            manifest["split"]["doc_ids"][split]
+            manifest.split.doc_ids[split]
         )
-    return manifest["split"]["seed"]
+    return manifest.split.seed
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ def test_data_counts_an_unreadable_folder_and_never_waits_on_a_fifo(contract_fol
     finally:
         locked.chmod(0o755)
     assert result.returncode == 0, result.stderr
-    skipped = verify_dataset(tmp_path / "data" / "contracts", "contracts")["documents"]["skipped"]
+    skipped = DataManifest.load(tmp_path / "data" / "contracts", "contracts").documents.skipped
     assert skipped == {"not-a-regular-file": 1, "unreadable-folder": 1}
     assert "'not-a-regular-file': 1" in result.stdout and "'unreadable-folder': 1" in result.stdout
 
@@ -186,7 +186,7 @@ with atomic_directory(sys.argv[1], replace=True) as tmp:
 
 
 def test_a_new_run_removes_what_killed_runs_left_in_earlier_run_folders(contract_folder, tmp_path):
-    from conftest import folder_recipe
+    from support import folder_recipe
 
     from lexlora.train.run_dir import new_run_dir
 

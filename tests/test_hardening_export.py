@@ -14,18 +14,20 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import make_recipe, running_server
 from safetensors.torch import load_file, save_file
-from serve_reference import offline, random_adapter, sha
+from serve_reference import offline, random_adapter
+from support import make_recipe
 from transformers import AutoTokenizer
 
+from lexlora.artifacts.adapter import base_config_hash, read_adapter
 from lexlora.errors import LexloraError
-from lexlora.export.exporter import base_config_hash, export_run
-from lexlora.export.validate import read_adapter
+from lexlora.export.exporter import export_run
 from lexlora.io import sha256_file
 from lexlora.registry import AdapterStore, AdapterVersion, validate_version
 from lexlora.serve.catalog import Target
+from lexlora.serve.launch import serve_process
 from lexlora.serve.residency import internal_name
+from lexlora.serve.tenants import hash_key
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
@@ -218,8 +220,8 @@ def test_a_server_serves_the_new_weights_after_publish_rm_publish_and_reload(tin
         "store": str(store.root),
         "max_loras": 2,
         "threads": 1,
-        "admin_key_sha256": sha(ADMIN_KEY),
-        "tenants": {"acme": {"api_key_sha256": [sha(ACME_KEY)]}},
+        "admin_key_sha256": hash_key(ADMIN_KEY),
+        "tenants": {"acme": {"api_key_sha256": [hash_key(ACME_KEY)]}},
     }
     prompt = "The Customer shall pay"
     ids = AutoTokenizer.from_pretrained(tiny_model)(prompt)["input_ids"]
@@ -233,7 +235,8 @@ def test_a_server_serves_the_new_weights_after_publish_rm_publish_and_reload(tin
         assert response.status_code == 200, response.text
         return response.json()["choices"][0]["text"]
 
-    with running_server(config, tmp_path) as (url, _):
+    with serve_process(config, tmp_path) as served:
+        url = served.url
         assert complete(url, "c") == expected[1]  # latest = v2, now resident
         store.remove("acme", "c", 2)
         assert store.publish("acme", "c", weights[2], meta).version == 3

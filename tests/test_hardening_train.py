@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_recipe
+from support import make_recipe
 
 from lexlora.errors import LexloraError
 from lexlora.recipe import validate_recipe

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import folder_recipe, write_contract_folder
+from support import folder_recipe, write_contract_folder
 
 from lexlora.data.build import build_dataset, dataset_dir
 from lexlora.data.builders.knowledge import LABEL_TEMPLATES, PRESENCE_TEMPLATES
@@ -180,11 +180,9 @@ def test_recall_track_in_metrics_report_and_summary(tiny_run, tmp_path):
     scorer = load_local_scorer(base, tiny_run / "adapter")
     result = evaluate(recipe, scorer, dataset_dir(recipe), "tiny", out_root=tmp_path / "r")
     m = result.metrics
-    recall = m["headline"]["recall_balanced_accuracy"]
-    assert recall["base"]["n"] == m["recall"]["n"] == m["items"]["recall"] >= 20
-    assert (
-        recall["difference"]["low"] <= recall["difference"]["mean"] <= recall["difference"]["high"]
-    )
+    recall = m.headline["recall_balanced_accuracy"]
+    assert recall.base.n == m.recall.n == m.items.recall >= 20
+    assert recall.difference.low <= recall.difference.mean <= recall.difference.high
     assert "recall (closed-book)" in yes_rate_text(m)
     assert (
         "closed-book questions about training documents"

@@ -15,13 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NEEDS_VLLM, VLLM_PYTHON, running_server
-from serve_reference import offline_model, random_adapter, sha
+from serve_reference import offline_model, random_adapter
+from support import NEEDS_VLLM, VLLM_PYTHON
 from transformers import AutoTokenizer
 
-from lexlora.export.exporter import base_config_hash, export_run
+from lexlora.artifacts.adapter import base_config_hash
+from lexlora.export.exporter import export_run
 from lexlora.models import resolve_base_model
 from lexlora.registry import AdapterStore
+from lexlora.serve.launch import serve_process
+from lexlora.serve.tenants import hash_key
 
 pytest.importorskip("lm_eval", reason="lm-eval is a dev dependency: run `make setup`")
 
@@ -68,10 +71,10 @@ def served(request, tiny_model, tiny_run, tmp_path_factory):
     config.update(
         base_model=str(base),
         store=str(store.root),
-        tenants={"acme": {"api_key_sha256": [sha(KEY)], "adapters": ["contracts"]}},
+        tenants={"acme": {"api_key_sha256": [hash_key(KEY)], "adapters": ["contracts"]}},
     )
-    with running_server(config, tmp, timeout=600) as (url, _):
-        yield engine, url, base, adapter, tmp
+    with serve_process(config, tmp, timeout=600) as served:
+        yield engine, served.url, base, adapter, tmp
 
 
 def run_lm_eval(url: str, tokenizer: Path, out: Path, model: str = "contracts") -> Path:

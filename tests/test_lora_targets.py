@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_recipe
+from support import make_recipe
 
 from lexlora.errors import LexloraError
 from lexlora.recipe import load_recipe

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import folder_recipe, make_recipe
 from rich.console import Console
+from support import folder_recipe, make_recipe
 
 from lexlora.data.build import build_dataset, dataset_dir
 from lexlora.data.builders.reading import TASK
@@ -76,7 +76,7 @@ def test_reading_rows_are_passages_of_training_documents_with_tasks_answered_fro
     splits = {d["id"]: d["split"] for d in read_jsonl(folder / "documents.jsonl")}
     texts = {d["id"]: d["text"] for d in read_jsonl(folder / "documents.jsonl")}
 
-    counts = manifest["pairs"]["by_builder"]["reading"]
+    counts = manifest.pairs.by_builder["reading"]
     assert counts["train"] > 0 and counts["validation"] == counts["test"] == 0
     for split in ("validation", "test"):  # evaluation reads chat pairs only
         assert all("messages" in row for row in read_jsonl(folder / f"{split}.jsonl"))
@@ -105,7 +105,7 @@ def test_reading_rows_are_passages_of_training_documents_with_tasks_answered_fro
                 kinds.add("completion")
             assert answer == "No." or flatten(answer) in flatten(passage), (answer, passage)
     assert kinds == {"presence", "section", "definition", "completion"}
-    assert manifest["leakage"]["passed"]
+    assert manifest.leakage.passed
 
 
 @pytest.mark.parametrize(

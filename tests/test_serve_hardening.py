@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from conftest import running_server
-from serve_reference import sha
+
+from lexlora.serve.launch import serve_process
+from lexlora.serve.tenants import hash_key
 
 ACME_KEY, BETA_KEY = "sk-acme-hardening", "sk-beta-hardening"
 MAX_QUEUE, BATCH = 24, 4  # two tenants: 12 reserved places each
@@ -58,12 +59,12 @@ def server(tiny_model, tmp_path_factory) -> Iterator[Server]:
         "default_max_tokens": DEFAULT_MAX_TOKENS,
         "max_body_bytes": MAX_BODY,
         "tenants": {
-            "acme": {"api_key_sha256": [sha(ACME_KEY)]},
-            "beta": {"api_key_sha256": [sha(BETA_KEY)]},
+            "acme": {"api_key_sha256": [hash_key(ACME_KEY)]},
+            "beta": {"api_key_sha256": [hash_key(BETA_KEY)]},
         },
     }
-    with running_server(config, tmp) as (url, _):
-        yield Server(url)
+    with serve_process(config, tmp) as served:
+        yield Server(served.url)
 
 
 def answer(srv: Server, path: str, body: dict, key: str) -> tuple[int, str]:

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_llama
 from peft import LoraConfig, PromptTuningConfig, TrainableTokensConfig, get_peft_model
-from serve_reference import sha
 from starlette.testclient import TestClient
+from support import build_tiny_llama
 from test_serve_engine import run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lexlora.adapter_methods import add_terms, check_engine, load_adapted, write_new_tokens
+from lexlora.adapter_methods import add_terms, load_adapted
+from lexlora.artifacts.adapter import base_config_hash, check_engine, write_new_tokens
 from lexlora.errors import LexloraError
-from lexlora.export.exporter import base_config_hash
 from lexlora.registry import AdapterStore
 from lexlora.serve.engines.base import (
     AdapterPart,
@@ -28,6 +27,7 @@ from lexlora.serve.engines.base import (
     collect,
 )
 from lexlora.serve.engines.embedded import EmbeddedEngine
+from lexlora.serve.tenants import hash_key
 
 TERMS = ["Licensor", "Sublicensee"]
 N = 12  # completion tokens in the comparisons
@@ -261,7 +261,7 @@ def gateway(setup, tmp_path_factory):
             "max_loras": 4,
             "batch_wait_ms": 20,
             "threads": 1,
-            "tenants": {"acme": {"api_key_sha256": [sha(KEY)]}},
+            "tenants": {"acme": {"api_key_sha256": [hash_key(KEY)]}},
         }
     )
     engine = EmbeddedEngine(str(base), batch_wait_ms=20, threads=1)

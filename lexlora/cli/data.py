@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
+from lexlora.artifacts.manifest import SPLITS, DataManifest
 from lexlora.cli.common import CorporaDir, SetOption, console
 
 
@@ -25,39 +26,38 @@ def data(recipe: str, set_: SetOption = None, corpora_dir: CorporaDir = Path("co
     print_data_summary(manifest, dataset_dir(cfg))
 
 
-def print_data_summary(manifest: dict, out: Path) -> None:
-    docs = manifest["documents"]
+def print_data_summary(manifest: DataManifest, out: Path) -> None:
+    docs = manifest.documents
     console.print(
-        f"documents: {docs['read']} read, {docs['kept']} kept, skipped {docs['skipped'] or 0}, "
-        f"duplicates {docs['duplicates'] or 0}"
+        f"documents: {docs.read} read, {docs.kept} kept, skipped {docs.skipped or 0}, "
+        f"duplicates {docs.duplicates or 0}"
     )
     table = Table("builder", "train", "validation", "test")
-    for name, counts in manifest["pairs"]["by_builder"].items():
-        table.add_row(name, *(str(counts[s]) for s in ("train", "validation", "test")))
-    total = manifest["pairs"]["total"]
-    table.add_row("[bold]total", *(f"[bold]{total[s]}" for s in ("train", "validation", "test")))
+    for name, counts in manifest.pairs.by_builder.items():
+        table.add_row(name, *(str(counts[s]) for s in SPLITS))
+    total = manifest.pairs.total
+    table.add_row("[bold]total", *(f"[bold]{total[s]}" for s in SPLITS))
     console.print(table)
-    split = manifest["split"]["documents"]
-    console.print(f"documents per split: {split}")
-    console.print(f"personal data replaced: {manifest['scrub']['replacements']}")
-    leak = manifest["leakage"]
+    console.print(f"documents per split: {manifest.split.documents}")
+    console.print(f"personal data replaced: {manifest.scrub.replacements}")
+    leak = manifest.leakage
     console.print(
-        f"leakage: test answers share {leak['mean_overlap']:.1%} of their {leak['ngram']}-grams "
-        f"with training on average (limit {leak['max_overlap']:.0%})"
+        f"leakage: test answers share {leak.mean_overlap:.1%} of their {leak.ngram}-grams "
+        f"with training on average (limit {leak.max_overlap:.0%})"
     )
-    if teacher := manifest.get("teacher"):
+    if teacher := manifest.teacher:
         console.print(
-            f"teacher {teacher['model']}: {teacher['requests']} requests, "
-            f"{teacher['cache_hits']} cached, {teacher['accepted']} accepted, "
-            f"rejected {teacher['rejected'] or 0}"
+            f"teacher {teacher.model}: {teacher.requests} requests, "
+            f"{teacher.cache_hits} cached, {teacher.accepted} accepted, "
+            f"rejected {teacher.rejected or 0}"
         )
-    if presence := manifest.get("clause_presence"):
+    if presence := manifest.clause_presence:
         console.print(
-            f"clause presence ({presence['taxonomy']}): {presence['ambiguous_dropped']} ambiguous "
-            f"detections dropped; {sum(manifest['pairs']['dropped_to_balance'].values())} pairs "
+            f"clause presence ({presence.taxonomy}): {presence.ambiguous_dropped} ambiguous "
+            f"detections dropped; {sum(manifest.pairs.dropped_to_balance.values())} pairs "
             "dropped to balance Yes/No"
         )
-        for name, g in presence["gold"].items():
+        for name, g in presence.gold.items():
             console.print(
                 f"  detector vs {name} ({g['n']} labels): precision {g['precision']}, "
                 f"recall {g['recall']}, No precision {g['no_precision']}, "

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lexlora.cli.common import console
+
+if TYPE_CHECKING:
+    from lexlora.serve.verify import ModelCheck
 
 serve_app = typer.Typer(
     invoke_without_command=True,
@@ -75,7 +78,7 @@ def verify(
 ) -> None:
     """Send greedy requests to a served model and compare with HF + PEFT run offline, token for
     token (exit code 1 on any mismatch)."""
-    from lexlora.serve.verify import print_table, run_verify
+    from lexlora.serve.verify import run_verify
 
     results = run_verify(
         endpoint,
@@ -87,7 +90,7 @@ def verify(
         tenant=tenant,
         max_tokens=max_tokens,
     )
-    print_table(results, console)
+    _print_checks(results)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
 
@@ -116,3 +119,28 @@ def keygen(
         typer.echo(f"serve.yaml:  admin_key_sha256: {digest}")
     else:
         typer.echo(f"serve.yaml:  tenants: {{{tenant}: {{api_key_sha256: [{digest}]}}}}")
+
+
+def _print_checks(checks: list[ModelCheck]) -> None:
+    """``lexlora serve verify``'s table: each model, its prompts matched, the first mismatch."""
+    from rich.table import Table
+
+    table = Table(title="served vs HF + PEFT offline (greedy, fp32)")
+    for column in ("model", "runs", "prompts matched", "result", "first mismatch"):
+        table.add_column(column)
+    for check in checks:
+        bad = check.first_mismatch()
+        detail = ""
+        if bad is not None:
+            detail = (
+                f"{bad.prompt!r}: served {bad.served_text!r} ({bad.served_tokens} tok) vs "
+                f"offline {bad.offline_text!r} ({bad.offline_tokens} tok)"
+            )
+        table.add_row(
+            check.model,
+            check.target,
+            f"{check.matched}/{len(check.samples)}",
+            "[green]match[/]" if check.ok else "[red]MISMATCH[/]",
+            detail,
+        )
+    console.print(table)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from lexlora.cli.common import SetOption, console
+from lexlora.cli.common import SetOption, console, print_headline
 
 if TYPE_CHECKING:
     from lexlora.train.trainer import TrainSummary
@@ -44,14 +44,14 @@ def train(
     console.print(table)
     console.print(f"[green]adapter[/] {summary.adapter_dir}")
     if evaluate and int(os.environ.get("RANK", "0")) == 0:
-        from lexlora.cli.evaluate import EvalTarget, print_headline, run_eval
+        from lexlora.eval.targets import EvalTarget, run_eval
         from lexlora.eval.tasks import spec_path
 
         tasks = spec_path(cfg.name, cfg.eval.tasks_file)
         if not tasks.is_file():
             console.print(f"no evaluation tasks ({tasks}); skipping the held-out evaluation")
             return
-        print_headline(run_eval(cfg, EvalTarget(run=Path(summary.run_dir))))
+        print_headline(run_eval(cfg, EvalTarget(run=Path(summary.run_dir)), log=console.print))
 
 
 def summary_rows(summary: TrainSummary) -> dict[str, str]:

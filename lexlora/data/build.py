@@ -14,9 +14,17 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from lexlora import __version__
+from lexlora.artifacts.manifest import (
+    CorpusInfo,
+    DataManifest,
+    DocumentCounts,
+    LeakageSummary,
+    PairCounts,
+    ScrubSummary,
+    SplitSummary,
+)
 from lexlora.corpora.catalog import CorpusReadReport, corpus_manifest, load_documents
 from lexlora.corpora.document import Document
 from lexlora.data.builders import (
@@ -28,7 +36,6 @@ from lexlora.data.builders import (
 )
 from lexlora.data.clean import clean_text, compile_boilerplate, find_duplicates
 from lexlora.data.leakage import measure_leakage
-from lexlora.data.manifest import MANIFEST
 from lexlora.data.pairs import Pair
 from lexlora.data.scrub import scrub_text
 from lexlora.data.split import SPLITS, split_by_document
@@ -39,7 +46,6 @@ from lexlora.io import (
     dumps_canonical,
     sha256_file,
     sha256_text,
-    write_json,
     write_jsonl,
 )
 from lexlora.recipe import DataConfig, Recipe
@@ -54,7 +60,7 @@ def dataset_dir(recipe: Recipe) -> Path:
 
 def build_dataset(
     recipe: Recipe, corpora_dir: Path = Path("corpora"), progress: Progress | None = None
-) -> dict[str, Any]:
+) -> DataManifest:
     """Build the recipe's dataset and return its manifest (also written to ``manifest.json``)."""
     cfg = recipe.data
     builders = {name: get_builder(name) for name, b in cfg.builders.items() if b.enabled}
@@ -111,36 +117,34 @@ def build_dataset(
             f"split on average, above data.leakage.max_overlap={cfg.leakage.max_overlap}"
         )
 
-    manifest = {
-        "recipe": recipe.name,
-        "recipe_hash": recipe.hash(),
-        "data_hash": recipe.data_hash(),
-        "lexlora_version": __version__,
-        "corpus": {
-            "name": corpus.name,
-            "package": corpus.package,
-            "version": corpus.version,
-            "licence": corpus.licence,
-            "path": cfg.path,
-            "sources_sha256": sources_sha256,
-        },
-        "documents": {
-            "read": len(raw_docs) + sum(report.skipped.values()),
-            "skipped": dict(sorted((Counter(report.skipped) + skipped).items())),
-            "duplicates": dict(sorted(Counter(d.kind for d in duplicates).items())),
-            "kept": len(docs),
-            "warnings": [*report.warnings, *warnings][:200],
-            "duplicate_of": {d.doc_id: d.duplicate_of for d in duplicates},
-        },
-        "scrub": {"enabled": cfg.scrub.enabled, "replacements": scrub_counts},
-        "split": _split_summary(assignment, strata, cfg),
-        "pairs": {**_pair_counts(pairs), "dropped_to_balance": balanced_out},
-        "leakage": leakage.as_dict(),
-    }
-    if teacher_summary is not None:
-        manifest["teacher"] = teacher_summary
-    if presence_summary is not None:
-        manifest["clause_presence"] = presence_summary
+    manifest = DataManifest(
+        recipe=recipe.name,
+        recipe_hash=recipe.hash(),
+        data_hash=recipe.data_hash(),
+        lexlora_version=__version__,
+        corpus=CorpusInfo(
+            name=corpus.name,
+            package=corpus.package,
+            version=corpus.version,
+            licence=corpus.licence,
+            path=cfg.path,
+            sources_sha256=sources_sha256,
+        ),
+        documents=DocumentCounts(
+            read=len(raw_docs) + sum(report.skipped.values()),
+            skipped=dict(sorted((Counter(report.skipped) + skipped).items())),
+            duplicates=dict(sorted(Counter(d.kind for d in duplicates).items())),
+            kept=len(docs),
+            warnings=[*report.warnings, *warnings][:200],
+            duplicate_of={d.doc_id: d.duplicate_of for d in duplicates},
+        ),
+        scrub=ScrubSummary(enabled=cfg.scrub.enabled, replacements=scrub_counts),
+        split=_split_summary(assignment, strata, cfg),
+        pairs=PairCounts(**_pair_counts(pairs), dropped_to_balance=balanced_out),
+        leakage=LeakageSummary(**leakage.as_dict()),
+        teacher=teacher_summary,
+        clause_presence=presence_summary,
+    )
     with atomic_directory(out, replace=True) as staging:
         files = {}
         for split in SPLITS:
@@ -151,8 +155,8 @@ def build_dataset(
             staging / "documents.jsonl",
             ({**d.model_dump(mode="json"), "split": assignment[d.id]} for d in docs),
         )
-        manifest["files"] = files
-        write_json(staging / MANIFEST, manifest)
+        manifest.files = files
+        manifest.save(staging)
     return manifest
 
 
@@ -284,23 +288,25 @@ def _weight_training_pairs(pairs: list[Pair], cfg: DataConfig) -> list[Pair]:
     return weighted
 
 
-def _split_summary(assignment: dict[str, str], strata: dict[str, str], cfg: DataConfig) -> dict:
+def _split_summary(
+    assignment: dict[str, str], strata: dict[str, str], cfg: DataConfig
+) -> SplitSummary:
     by_stratum: dict[str, Counter[str]] = defaultdict(Counter)
     doc_ids: dict[str, list[str]] = {split: [] for split in SPLITS}
     for doc_id in sorted(assignment):
         split = assignment[doc_id]
         by_stratum[strata[doc_id]][split] += 1
         doc_ids[split].append(doc_id)
-    return {
-        "seed": cfg.split.seed,
-        "stratify_by": cfg.split.stratify_by,
-        "fractions": {"validation": cfg.split.validation, "test": cfg.split.test},
-        "documents": {split: len(ids) for split, ids in doc_ids.items()},
-        "by_stratum": {
+    return SplitSummary(
+        seed=cfg.split.seed,
+        stratify_by=cfg.split.stratify_by,
+        fractions={"validation": cfg.split.validation, "test": cfg.split.test},
+        documents={split: len(ids) for split, ids in doc_ids.items()},
+        by_stratum={
             s: {split: c.get(split, 0) for split in SPLITS} for s, c in sorted(by_stratum.items())
         },
-        "doc_ids": doc_ids,
-    }
+        doc_ids=doc_ids,
+    )
 
 
 def _pair_counts(pairs: dict[str, list[Pair]]) -> dict:

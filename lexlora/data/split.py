@@ -6,7 +6,7 @@ import random
 from collections import defaultdict
 from collections.abc import Mapping
 
-SPLITS = ("train", "validation", "test")
+from lexlora.artifacts.manifest import SPLITS
 
 
 def split_by_document(

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from peft.helpers import rescale_adapter_scale
 
-from lexlora.adapter_methods import has_new_tokens, load_adapted
+from lexlora.adapter_methods import load_adapted
+from lexlora.artifacts.adapter import has_new_tokens
 from lexlora.errors import LexloraError
 from lexlora.eval.tasks import EvalItem, option_texts
 
@@ -206,7 +207,7 @@ def load_local_scorer(base: str, adapter_dir: Path) -> LocalScorer:
     An adapter that brings new tokens is scored beside a separate, unchanged base model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lexlora.export.validate import read_adapter
+    from lexlora.artifacts.adapter import read_adapter
     from lexlora.models import resolve_base_model
 
     method = read_adapter(adapter_dir).method  # a clear error for a folder that is not one

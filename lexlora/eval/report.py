@@ -1,19 +1,28 @@
 """The evaluation report: ``metrics.json``, PNG plots, ``report.md`` and a self-contained
-``report.html`` (plots embedded), written to a temporary folder and renamed into place."""
+``report.html`` (plots embedded), written to a temporary folder and renamed into place.
+
+The report is built once as a list of blocks (:func:`report_blocks`: headings, paragraphs,
+bullet lines, tables, plots) and rendered to markdown and to HTML from those same blocks, so the
+two always say the same. Each summary line carries its tone (better, worse, neutral), which the
+terminal uses for colour.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from lexlora.eval.gate import describe, describe_too_small
-from lexlora.io import atomic_directory, write_json
+from lexlora.artifacts.gate import GateVerdict
+from lexlora.artifacts.metrics import Comparison, EvalMetrics, Stat, YesNoMetrics
+from lexlora.io import atomic_directory
 
 LABELS = {
     "choice_accuracy": "option accuracy (log-likelihood)",
@@ -48,28 +57,37 @@ YES_NO_SETS = {
     "sanity_yes_no": "sanity set",
 }
 
+Tone = Literal["better", "worse", "neutral"]
 
-def yes_rate_text(metrics: dict) -> str:
+
+class Line(NamedTuple):
+    """One summary line and whether it reports an improvement, a regression or neither."""
+
+    text: str
+    tone: Tone = "neutral"
+
+
+def yes_rate_text(metrics: EvalMetrics) -> str:
     """How often base and adapter answer Yes on each yes/no set (a bias check), in one line."""
     parts = []
     for key, label in YES_NO_SETS.items():
-        block = metrics.get(key)
+        block: YesNoMetrics | None = getattr(metrics, key)
         if block:
-            rate = block["yes_rate"]
+            rate = block.yes_rate
             parts.append(
-                f"{label} {rate['base']:.0%} → {rate['adapter']:.0%} "
-                f"(truth {block['n_yes'] / block['n']:.0%} of {block['n']})"
+                f"{label} {rate.base:.0%} → {rate.adapter:.0%} "
+                f"(truth {block.n_yes / block.n:.0%} of {block.n})"
             )
     return "answers Yes, base → adapter: " + "; ".join(parts) if parts else ""
 
 
-def write_report(report_dir: Path, metrics: dict) -> Path:
+def write_report(report_dir: Path, metrics: EvalMetrics) -> Path:
     with atomic_directory(report_dir, replace=True) as tmp:
-        write_json(tmp / "metrics.json", metrics)
+        metrics.save(tmp)
         plots = {
             "headline.png": plot_headline(metrics, tmp / "headline.png"),
             "strength.png": plot_sweep(metrics, tmp / "strength.png"),
-            "tasks.png": plot_groups(metrics["tasks"], tmp / "tasks.png", "per task"),
+            "tasks.png": plot_groups(metrics.tasks, tmp / "tasks.png", "per task"),
         }
         plots = {name: path for name, path in plots.items() if path is not None}
         (tmp / "report.md").write_text(render_markdown(metrics, plots), encoding="utf-8")
@@ -77,43 +95,52 @@ def write_report(report_dir: Path, metrics: dict) -> Path:
     return report_dir
 
 
-def headline_text(metrics: dict) -> list[str]:
+def headline_text(metrics: EvalMetrics) -> list[Line]:
     """One line per metric family: base → adapter, difference with its 95% interval."""
     return [
-        f"{LABELS.get(name, name)}: base {row['base']['mean']:.3f} → adapter "
-        f"{row['adapter']['mean']:.3f} {_change(row)}"
-        for name, row in metrics["headline"].items()
+        Line(
+            f"{LABELS.get(name, name)}: base {row.base.mean:.3f} → adapter "
+            f"{row.adapter.mean:.3f} {_change(row)}",
+            _tone([row]),
+        )
+        for name, row in metrics.headline.items()
     ]
 
 
-def track_text(metrics: dict) -> list[str]:
+def track_text(metrics: EvalMetrics) -> list[Line]:
     """One line per track (reading, recall, general): each of its families base → adapter with
     the 95% interval of the difference."""
     lines = []
-    for track, families in (metrics.get("tracks") or {}).items():
-        parts = []
-        for name in families:
-            row = metrics["headline"][name]
-            parts.append(
-                f"{FAMILY_SHORT.get(name, name)} {row['base']['mean']:.3f} → "
-                f"{row['adapter']['mean']:.3f} {_change(row)}"
-            )
-        lines.append(f"{TRACK_LABELS.get(track, track)}: " + "; ".join(parts))
+    for track, families in metrics.tracks.items():
+        rows = [metrics.headline[name] for name in families]
+        parts = [
+            f"{FAMILY_SHORT.get(name, name)} {row.base.mean:.3f} → "
+            f"{row.adapter.mean:.3f} {_change(row)}"
+            for name, row in zip(families, rows, strict=True)
+        ]
+        lines.append(Line(f"{TRACK_LABELS.get(track, track)}: " + "; ".join(parts), _tone(rows)))
     return lines
 
 
-def _change(row: dict) -> str:
+def _tone(rows: list[Comparison]) -> Tone:
+    """Worse if any family got significantly worse, better if any got better, else neutral."""
+    if any(row.difference.worse for row in rows):
+        return "worse"
+    return "better" if any(row.difference.improved for row in rows) else "neutral"
+
+
+def _change(row: Comparison) -> str:
     """``(Δ +0.050, 95% CI [+0.010, +0.090], n=120: better)`` for a family's row."""
-    diff = row["difference"]
-    verdict = "better" if diff["improved"] else "WORSE" if diff["worse"] else "no clear change"
+    diff = row.difference
+    verdict = "better" if diff.improved else "WORSE" if diff.worse else "no clear change"
     return (
-        f"(Δ {diff['mean']:+.3f}, 95% CI [{diff['low']:+.3f}, {diff['high']:+.3f}], "
-        f"n={row['base']['n']}: {verdict})"
+        f"(Δ {diff.mean:+.3f}, 95% CI [{diff.low:+.3f}, {diff.high:+.3f}], "
+        f"n={row.base.n}: {verdict})"
     )
 
 
-def plot_headline(metrics: dict, path: Path) -> Path | None:
-    rows = metrics["headline"]
+def plot_headline(metrics: EvalMetrics, path: Path) -> Path | None:
+    rows = metrics.headline
     if not rows:
         return None
     ncols = min(3, len(rows))
@@ -122,11 +149,9 @@ def plot_headline(metrics: dict, path: Path) -> Path | None:
     for ax in axes.flat[len(rows) :]:
         ax.set_visible(False)
     for ax, (name, row) in zip(axes.flat, rows.items(), strict=False):
-        means = [row["base"]["mean"], row["adapter"]["mean"]]
-        errs = [
-            [m - row[k]["low"] for m, k in zip(means, ("base", "adapter"), strict=True)],
-            [row[k]["high"] - m for m, k in zip(means, ("base", "adapter"), strict=True)],
-        ]
+        stats = (row.base, row.adapter)
+        means = [stat.mean for stat in stats]
+        errs = [[stat.mean - stat.low for stat in stats], [stat.high - stat.mean for stat in stats]]
         ax.bar(["base", "adapter"], means, yerr=errs, capsize=6, color=["#9aa5b1", "#2f6fb0"])
         ax.set_title(LABELS.get(name, name), fontsize=8, wrap=True)
     fig.suptitle("Held-out documents: base vs adapter (95% bootstrap intervals)", fontsize=10)
@@ -136,22 +161,22 @@ def plot_headline(metrics: dict, path: Path) -> Path | None:
     return path
 
 
-def plot_sweep(metrics: dict, path: Path) -> Path | None:
-    rows = metrics["sweep"]
+def plot_sweep(metrics: EvalMetrics, path: Path) -> Path | None:
+    rows = metrics.sweep
     if len(rows) < 2:
         return None
-    scales = [r["scale"] for r in rows]
+    scales = [r.scale for r in rows]
     fig, left = plt.subplots(figsize=(6, 3.4))
-    nll = [float("nan") if r["answer_nll"] is None else r["answer_nll"] for r in rows]
+    nll = [float("nan") if r.answer_nll is None else r.answer_nll for r in rows]
     left.plot(scales, nll, "o-", color="#2f6fb0", label="answer NLL")
     left.set_xlabel("LoRA strength (0 = base, 1 = as trained)")
     left.set_ylabel("answer NLL (lower is better)", color="#2f6fb0")
-    if any(r["choice_accuracy"] is not None for r in rows):
+    if any(r.choice_accuracy is not None for r in rows):
         right = left.twinx()
-        accuracy = [r["choice_accuracy"] for r in rows]
+        accuracy = [r.choice_accuracy for r in rows]
         right.plot(scales, accuracy, "s--", color="#c0392b", label="option accuracy")
         right.set_ylabel("option accuracy", color="#c0392b")
-    best = metrics.get("best_scale")
+    best = metrics.best_scale
     if best is not None:
         left.axvline(best, color="grey", linestyle=":", label=f"best = {best}")
     left.set_title("Strength sweep")
@@ -161,16 +186,17 @@ def plot_sweep(metrics: dict, path: Path) -> Path | None:
     return path
 
 
-def plot_groups(groups: dict, path: Path, title: str) -> Path | None:
+def plot_groups(groups: dict[str, Comparison], path: Path, title: str) -> Path | None:
     if not groups:
         return None
     names = list(groups)
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.4))
     ys = range(len(names))
     for offset, key, color in ((-0.18, "base", "#9aa5b1"), (0.18, "adapter", "#2f6fb0")):
-        means = [groups[n][key]["mean"] for n in names]
-        lows = [m - groups[n][key]["low"] for m, n in zip(means, names, strict=True)]
-        highs = [groups[n][key]["high"] - m for m, n in zip(means, names, strict=True)]
+        stats = [getattr(groups[n], key) for n in names]
+        means = [stat.mean for stat in stats]
+        lows = [stat.mean - stat.low for stat in stats]
+        highs = [stat.high - stat.mean for stat in stats]
         ax.barh(
             [y + offset for y in ys],
             means,
@@ -180,7 +206,7 @@ def plot_groups(groups: dict, path: Path, title: str) -> Path | None:
             label=key,
             capsize=3,
         )
-    ax.set_yticks(list(ys), [f"{n} ({groups[n]['metric']})" for n in names], fontsize=8)
+    ax.set_yticks(list(ys), [f"{n} ({groups[n].metric})" for n in names], fontsize=8)
     ax.legend()
     ax.set_title(f"Base vs adapter, {title}")
     fig.tight_layout()
@@ -189,67 +215,62 @@ def plot_groups(groups: dict, path: Path, title: str) -> Path | None:
     return path
 
 
-def _group_table(groups: dict) -> list[list[str]]:
+def _group_table(groups: dict[str, Comparison]) -> list[list[str]]:
     rows = []
     for name, g in groups.items():
-        d = g["difference"]
-        mark = " ✔" if d["improved"] else " ✘" if d["worse"] else ""
+        d = g.difference
+        mark = " ✔" if d.improved else " ✘" if d.worse else ""
         rows.append(
             [
                 name,
-                g["metric"],
-                str(g["base"]["n"]),
-                _interval(g["base"]),
-                _interval(g["adapter"]),
-                f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{mark}",
+                g.metric,
+                str(g.base.n),
+                _interval(g.base),
+                _interval(g.adapter),
+                f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]{mark}",
             ]
         )
     return rows
 
 
-def gate_text(metrics: dict) -> list[str]:
-    gate = metrics.get("gate")
+def gate_text(gate: GateVerdict | None) -> list[Line]:
+    """The gate's verdict: its first line better (passed) or worse (flagged), each flagged
+    family worse, the too-small families neutral."""
     if gate is None:
         return []
-    gated = gate.get("gated")
-    if gate["passed"] and gated == 0:
-        lines = ["no-regression gate: passed, with nothing to gate (every family is too small)"]
-    elif gate["passed"]:
-        scope = "" if gated is None else f" of {gated} (Holm-corrected)"
-        lines = [f"no-regression gate: passed (no task family{scope} significantly worse)"]
-    else:
-        lines = [f"no-regression gate: FLAGGED ({len(gate['flagged'])} of {gated} families)"]
-        lines += [f"WORSE {describe(f)}" for f in gate["flagged"]]
-    small = describe_too_small(gate)
-    return [*lines, small] if small else lines
+    lines = gate.lines()
+    first: Tone = "better" if gate.passed else "worse"
+    tones: list[Tone] = [first, *(["worse"] * len(gate.flagged))]
+    tones += ["neutral"] * (len(lines) - len(tones))
+    return [Line(text, tone) for text, tone in zip(lines, tones, strict=True)]
 
 
-def _yes_no_summary(metrics: dict) -> str:
-    yes_no = metrics.get("yes_no")
+def _yes_no_summary(metrics: EvalMetrics) -> str:
+    yes_no = metrics.yes_no
     if not yes_no:
         return ""
-    rate = yes_no["yes_rate"]
+    rate = yes_no.yes_rate
     return (
-        f"{yes_no['n']} held-out yes/no items ({yes_no['n_yes']} Yes, {yes_no['n_no']} No). "
-        f"The base answers Yes to {rate['base']:.0%} of them, the adapter to {rate['adapter']:.0%}."
+        f"{yes_no.n} held-out yes/no items ({yes_no.n_yes} Yes, {yes_no.n_no} No). "
+        f"The base answers Yes to {rate.base:.0%} of them, the adapter to {rate.adapter:.0%}."
     )
 
 
-def _track_notes(metrics: dict) -> list[str]:
+def _track_notes(metrics: EvalMetrics) -> list[str]:
     """What the recall and general tracks are, and the yes-rates: lines under the headline."""
     notes = []
-    recall = metrics.get("recall")
+    recall = metrics.recall
     if recall:
         notes.append(
-            f"recall: {recall['n']} closed-book questions about training documents, named by "
+            f"recall: {recall.n} closed-book questions about training documents, named by "
             "title, in wordings that no training pair uses (the only items from training "
             "documents)"
         )
-    general = metrics.get("general")
+    general = metrics.general
     if general:
-        topics = ", ".join(t.replace("_", " ") for t in general["by_topic"])
+        topics = ", ".join(t.replace("_", " ") for t in general.by_topic)
         notes.append(
-            f"general: {general['n']} fixed out-of-domain questions ({topics}), each scored by "
+            f"general: {general.n} fixed out-of-domain questions ({topics}), each scored by "
             "option likelihood and by the loss of a short reference answer; never trained on, "
             "so a drop is forgetting"
         )
@@ -257,12 +278,12 @@ def _track_notes(metrics: dict) -> list[str]:
     return [*notes, rates] if rates else notes
 
 
-def _general_groups(metrics: dict) -> dict:
+def _general_groups(metrics: EvalMetrics) -> dict[str, Comparison]:
     """The general track per topic, as rows of a group table."""
-    general = metrics.get("general") or {"by_topic": {}}
+    by_topic = metrics.general.by_topic if metrics.general else {}
     return {
         f"{topic} ({'NLL' if metric == 'answer_nll' else metric})": row
-        for topic, rows in general["by_topic"].items()
+        for topic, rows in by_topic.items()
         for metric, row in rows.items()
     }
 
@@ -271,152 +292,161 @@ def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
-def _interval(stat: dict) -> str:
-    return f"{stat['mean']:.3f} [{stat['low']:.3f}, {stat['high']:.3f}]"
+def _interval(stat: Stat) -> str:
+    return f"{stat.mean:.3f} [{stat.low:.3f}, {stat.high:.3f}]"
 
 
 GROUP_HEADER = ["group", "metric", "n", "base [95% CI]", "adapter [95% CI]", "adapter − base"]
 
 
-def render_markdown(metrics: dict, plots: dict[str, Path]) -> str:
-    out = [f"# Evaluation: {metrics['recipe']}, adapter {metrics['adapter']}", ""]
-    items = metrics["items"]
-    out += [
-        f"Held-out test documents only ({items['refused_training_documents']} items refused "
-        f"because their document was in the training split). {items['choice']} option items, "
-        f"{items['open']} open items ({items['generated']} answered by greedy generation), "
-        f"{items['sanity']} sanity items, {items.get('general', 0)} general items. "
-        f"Seed {metrics['seed']}.",
-        "",
-        "## Tracks (base → adapter)",
-        "",
-        *[f"- {line}" for line in track_text(metrics)],
-        "",
-        "## Headline",
-        "",
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str
+
+
+@dataclass(frozen=True)
+class Bullets:
+    lines: list[str]
+
+
+@dataclass(frozen=True)
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass(frozen=True)
+class Plot:
+    name: str  # a file name in the report folder
+
+
+Block = Heading | Paragraph | Bullets | Table | Plot
+
+
+def report_blocks(metrics: EvalMetrics) -> list[Block]:
+    """The whole report, once, as blocks (rendered by :func:`render_markdown` and
+    :func:`render_html`)."""
+    items = metrics.items
+    blocks: list[Block] = [
+        Heading(f"Evaluation: {metrics.recipe}, adapter {metrics.adapter}", 1),
+        Paragraph(
+            f"Held-out test documents only ({items.refused_training_documents} items refused "
+            f"because their document was in the training split). {items.choice} option "
+            f"items, {items.open} open items ({items.generated} answered by greedy "
+            f"generation), {items.sanity} sanity items, {items.general} general "
+            f"items. Seed {metrics.seed}."
+        ),
+        Heading("Tracks (base → adapter)"),
+        Bullets([line.text for line in track_text(metrics)]),
+        Heading("Headline"),
+        Bullets([line.text for line in headline_text(metrics)] + _track_notes(metrics)),
+        Plot("headline.png"),
+        Heading("No-regression gate"),
+        Bullets([line.text for line in gate_text(metrics.gate)]),
     ]
-    out += [f"- {line}" for line in headline_text(metrics)]
-    out += [f"- {line}" for line in _track_notes(metrics)]
-    out += ["", "![headline](headline.png)", ""] if "headline.png" in plots else [""]
-    out += ["## No-regression gate", "", *[f"- {line}" for line in gate_text(metrics)], ""]
-    if metrics.get("yes_no"):
-        out += ["## Yes/no questions, per category", "", _yes_no_summary(metrics), ""]
-        out += ["| " + " | ".join(GROUP_HEADER) + " |", "|---" * 6 + "|"]
-        out += ["| " + " | ".join(r) + " |" for r in _group_table(metrics["yes_no"]["by_category"])]
-        out.append("")
-    if general := _general_groups(metrics):
-        out += ["## General questions, per topic (reported, not gated)", ""]
-        out += ["| " + " | ".join(GROUP_HEADER) + " |", "|---" * 6 + "|"]
-        out += ["| " + " | ".join(r) + " |" for r in _group_table(general)]
-        out.append("")
-    out += ["## Strength sweep", "", "| strength | option accuracy | answer NLL |", "|---|---|---|"]
-    for r in metrics["sweep"]:
-        acc = "–" if r["choice_accuracy"] is None else f"{r['choice_accuracy']:.3f}"
-        out.append(f"| {r['scale']} | {acc} | {_num(r['answer_nll'])} |")
-    out += ["", f"Best strength: **{metrics['best_scale']}**", ""]
-    if "strength.png" in plots:
-        out += ["![strength](strength.png)", ""]
-    for title, key in (("Per task", "tasks"), ("Per builder", "builders")):
-        out += [f"## {title}", "", "| " + " | ".join(GROUP_HEADER) + " |", "|---" * 6 + "|"]
-        out += ["| " + " | ".join(r) + " |" for r in _group_table(metrics[key])]
-        out.append("")
-    out += ["## 10 worst examples (adapter − base token F1)", ""]
-    for ex in metrics["worst_examples"]:
-        out += [
-            f"**{ex['task']}** ({ex['doc_id']}): {ex['question'][:300]}",
-            f"- reference: {ex['reference'][:300]}",
-            f"- base (F1 {ex['base_f1']:.2f}): {ex['base'][:300]}",
-            f"- adapter (F1 {ex['adapter_f1']:.2f}): {ex['adapter'][:300]}",
-            "",
+    if metrics.yes_no:
+        blocks += [
+            Heading("Yes/no questions, per category"),
+            Paragraph(_yes_no_summary(metrics)),
+            Table(GROUP_HEADER, _group_table(metrics.yes_no.by_category)),
         ]
+    if general := _general_groups(metrics):
+        blocks += [
+            Heading("General questions, per topic (reported, not gated)"),
+            Table(GROUP_HEADER, _group_table(general)),
+        ]
+    sweep = [
+        [
+            str(r.scale),
+            "–" if r.choice_accuracy is None else f"{r.choice_accuracy:.3f}",
+            _num(r.answer_nll),
+        ]
+        for r in metrics.sweep
+    ]
+    blocks += [
+        Heading("Strength sweep"),
+        Table(["strength", "option accuracy", "answer NLL"], sweep),
+        Paragraph(f"Best strength: {metrics.best_scale}"),
+        Plot("strength.png"),
+        Heading("Per task"),
+        Table(GROUP_HEADER, _group_table(metrics.tasks)),
+        Plot("tasks.png"),
+        Heading("Per builder"),
+        Table(GROUP_HEADER, _group_table(metrics.builders)),
+        Heading("10 worst examples (adapter − base token F1)"),
+        Table(
+            ["task", "document", "question", "reference", "base", "adapter", "token F1"],
+            [
+                [
+                    ex.task,
+                    ex.doc_id,
+                    ex.question[:300],
+                    ex.reference[:300],
+                    ex.base[:300],
+                    ex.adapter[:300],
+                    f"{ex.base_f1:.2f} → {ex.adapter_f1:.2f}",
+                ]
+                for ex in metrics.worst_examples
+            ],
+        ),
+    ]
+    return blocks
+
+
+def render_markdown(metrics: EvalMetrics, plots: dict[str, Path]) -> str:
+    def cell(text: str) -> str:
+        return " ".join(text.split()).replace("|", "\\|")
+
+    out: list[str] = []
+    for block in report_blocks(metrics):
+        if isinstance(block, Heading):
+            out += ["#" * block.level + " " + block.text, ""]
+        elif isinstance(block, Paragraph):
+            out += [block.text, ""]
+        elif isinstance(block, Bullets):
+            out += [*(f"- {line}" for line in block.lines), ""]
+        elif isinstance(block, Table):
+            out += ["| " + " | ".join(block.header) + " |", "|---" * len(block.header) + "|"]
+            out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in block.rows]
+            out.append("")
+        elif block.name in plots:
+            out += [f"![{Path(block.name).stem}]({block.name})", ""]
     return "\n".join(out)
 
 
-def render_html(metrics: dict, plots: dict[str, Path]) -> str:
+def render_html(metrics: EvalMetrics, plots: dict[str, Path]) -> str:
     esc = html.escape
-
-    def img(name: str) -> str:
-        if name not in plots:
-            return ""
-        data = base64.b64encode(plots[name].read_bytes()).decode()
-        return f'<img alt="{name}" src="data:image/png;base64,{data}">'
-
-    def table(header: list[str], rows: list[list[str]]) -> str:
-        head = "".join(f"<th>{esc(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-        return f"<table><tr>{head}</tr>{body}</table>"
-
-    sweep_rows = [
-        [
-            str(r["scale"]),
-            "–" if r["choice_accuracy"] is None else f"{r['choice_accuracy']:.3f}",
-            _num(r["answer_nll"]),
-        ]
-        for r in metrics["sweep"]
-    ]
-    worst = [
-        [
-            ex["task"],
-            ex["question"][:400],
-            ex["reference"][:300],
-            ex["base"][:300],
-            ex["adapter"][:300],
-            f"{ex['base_f1']:.2f} → {ex['adapter_f1']:.2f}",
-        ]
-        for ex in metrics["worst_examples"]
-    ]
-    items = metrics["items"]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>lexlora eval: {esc(metrics['recipe'])}</title>",
+        f"<title>lexlora eval: {esc(metrics.recipe)}</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
         "line-height:1.4}table{border-collapse:collapse;margin:1em 0;font-size:90%}"
         "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}img{max-width:100%}"
         "</style></head><body>",
-        f"<h1>Evaluation: {esc(metrics['recipe'])}, adapter {esc(metrics['adapter'])}</h1>",
-        f"<p>Held-out test documents only: {items['refused_training_documents']} items refused "
-        f"because their document trained the adapter. {items['choice']} option items, "
-        f"{items['open']} open items ({items['generated']} generated), {items['sanity']} "
-        f"sanity items, {items.get('general', 0)} general items.</p>",
-        "<h2>Tracks (base → adapter)</h2><ul>",
-        *(f"<li>{esc(line)}</li>" for line in track_text(metrics)),
-        "</ul>",
-        "<h2>Headline</h2><ul>",
-        *(f"<li>{esc(line)}</li>" for line in headline_text(metrics)),
-        *(f"<li>{esc(line)}</li>" for line in _track_notes(metrics)),
-        "</ul>",
-        img("headline.png"),
-        "<h2>No-regression gate</h2><ul>",
-        *(f"<li>{esc(line)}</li>" for line in gate_text(metrics)),
-        "</ul>",
-        *(
-            [
-                "<h2>Yes/no questions, per category</h2>",
-                f"<p>{esc(_yes_no_summary(metrics))}</p>",
-                table(GROUP_HEADER, _group_table(metrics["yes_no"]["by_category"])),
-            ]
-            if metrics.get("yes_no")
-            else []
-        ),
-        *(
-            [
-                "<h2>General questions, per topic (reported, not gated)</h2>",
-                table(GROUP_HEADER, _group_table(_general_groups(metrics))),
-            ]
-            if _general_groups(metrics)
-            else []
-        ),
-        "<h2>Strength sweep</h2>",
-        table(["strength", "option accuracy", "answer NLL"], sweep_rows),
-        f"<p>Best strength: <b>{metrics['best_scale']}</b></p>",
-        img("strength.png"),
-        "<h2>Per task</h2>",
-        table(GROUP_HEADER, _group_table(metrics["tasks"])),
-        img("tasks.png"),
-        "<h2>Per builder</h2>",
-        table(GROUP_HEADER, _group_table(metrics["builders"])),
-        "<h2>10 worst examples</h2>",
-        table(["task", "question", "reference", "base", "adapter", "token F1"], worst),
-        "</body></html>",
     ]
+    for block in report_blocks(metrics):
+        if isinstance(block, Heading):
+            parts.append(f"<h{block.level}>{esc(block.text)}</h{block.level}>")
+        elif isinstance(block, Paragraph):
+            parts.append(f"<p>{esc(block.text)}</p>")
+        elif isinstance(block, Bullets):
+            parts.append(
+                "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in block.lines) + "</ul>"
+            )
+        elif isinstance(block, Table):
+            head = "".join(f"<th>{esc(h)}</th>" for h in block.header)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in block.rows
+            )
+            parts.append(f"<table><tr>{head}</tr>{body}</table>")
+        elif block.name in plots:
+            data = base64.b64encode(plots[block.name].read_bytes()).decode()
+            parts.append(f'<img alt="{esc(block.name)}" src="data:image/png;base64,{data}">')
+    parts.append("</body></html>")
     return "\n".join(parts)

@@ -6,7 +6,7 @@ log-likelihoods, answer loss, greedy generations) → sweep the adapter's streng
 the base: verified) → aggregate with bootstrap intervals and paired differences → write
 ``reports/RECIPE/EVAL_ID/``.
 
-Tracks (``metrics["tracks"]``, each a list of headline families): *reading* (held-out documents,
+Tracks (``EvalMetrics.tracks``, each a list of headline families): *reading* (held-out documents,
 the text in the prompt), *recall* (training documents, closed-book, held-out wordings) and
 *general* (out-of-domain questions: a drop is forgetting).
 """
@@ -22,6 +22,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from lexlora.artifacts.metrics import (
+    Comparison,
+    EvalMetrics,
+    Example,
+    GeneralMetrics,
+    ItemCounts,
+    Perplexity,
+    SweepPoint,
+    YesNoMetrics,
+)
 from lexlora.errors import LexloraError
 from lexlora.eval.gate import gate_verdict
 from lexlora.eval.report import write_report
@@ -66,7 +76,7 @@ TRACKS = {
 @dataclass
 class EvalResult:
     report_dir: Path
-    metrics: dict
+    metrics: EvalMetrics
 
 
 def evaluate(
@@ -130,37 +140,38 @@ def evaluate(
         | _yes_no_headline(yes_no, "yes_no")
         | _yes_no_headline(recall_metrics, "recall")
     )
-    metrics = {
-        "recipe": recipe.name,
-        "adapter": adapter_label,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "seed": seed,
-        "items": {
-            "choice": len(choice),
-            "open": len(open_items),
-            "generated": len(gen_items),
-            "sanity": len(sanity),
-            "recall": len(recall),
-            "general": len(general),
-            "refused_training_documents": refused + sanity_refused,
-            "refused_general_in_training": general_refused,
-            "by_task": _count_by(items, "task"),
-        },
-        "headline": headline,
-        "tracks": _tracks(headline),
-        "yes_no": yes_no,
-        "recall": recall_metrics,
-        "sanity_yes_no": sanity_metrics,
-        "general": _general_by_topic(general, general_open, raw, seed),
-        "tasks": _by_group(items, choice, open_items, raw, "task", seed),
-        "builders": _by_group(items, choice, open_items, raw, "builder", seed),
-        "sweep": sweep_rows,
-        "best_scale": _best_scale(sweep_rows),
-        "worst_examples": _worst(gen_items, raw),
-        "seconds": None,
-    }
-    metrics["gate"] = gate_verdict(metrics, min_items=recipe.eval.gate_min_items)
-    metrics["seconds"] = round(time.time() - started, 1)
+    metrics = EvalMetrics(
+        recipe=recipe.name,
+        adapter=adapter_label,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        seed=seed,
+        items=ItemCounts(
+            choice=len(choice),
+            open=len(open_items),
+            generated=len(gen_items),
+            sanity=len(sanity),
+            recall=len(recall),
+            general=len(general),
+            refused_training_documents=refused + sanity_refused,
+            refused_general_in_training=general_refused,
+            by_task=_count_by(items, "task"),
+        ),
+        headline=headline,
+        tracks=_tracks(headline),
+        yes_no=yes_no,
+        recall=recall_metrics,
+        sanity_yes_no=sanity_metrics,
+        general=_general_by_topic(general, general_open, raw, seed),
+        tasks=_by_group(items, choice, open_items, raw, "task", seed),
+        builders=_by_group(items, choice, open_items, raw, "builder", seed),
+        sweep=sweep_rows,
+        best_scale=_best_scale(sweep_rows),
+        worst_examples=_worst(gen_items, raw),
+    )
+    metrics.gate = gate_verdict(
+        metrics.tasks, metrics.headline, min_items=recipe.eval.gate_min_items
+    )
+    metrics.seconds = round(time.time() - started, 1)
     eval_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     report_dir = write_report(out_root / recipe.name / eval_id, metrics)
     return EvalResult(report_dir, metrics)
@@ -186,7 +197,7 @@ class _PartTimer:
         return ", ".join(f"{name} {s:.0f} s" for name, s in self.seconds.items())
 
 
-def _headline(raw: dict, seed: int) -> dict:
+def _headline(raw: dict, seed: int) -> dict[str, Comparison]:
     """Pooled metric families: base, adapter (mean and 95% interval) and the paired difference."""
     out = {}
     for name, (metric, get) in FAMILIES.items():
@@ -195,15 +206,12 @@ def _headline(raw: dict, seed: int) -> dict:
             continue  # none scored, or the endpoint cannot give likelihoods
         row = comparison(adapter, base, metric, seed)
         if metric == "answer_nll":
-            row["perplexity"] = {
-                "base": perplexity(row["base"]),
-                "adapter": perplexity(row["adapter"]),
-            }
+            row.perplexity = Perplexity(base=perplexity(row.base), adapter=perplexity(row.adapter))
         out[name] = row
     return out
 
 
-def _tracks(headline: dict) -> dict[str, list[str]]:
+def _tracks(headline: dict[str, Comparison]) -> dict[str, list[str]]:
     """Each track's headline families that this evaluation has (a track with none is absent)."""
     tracks = {name: [f for f in families if f in headline] for name, families in TRACKS.items()}
     if {"recall_balanced_accuracy", "recall_accuracy"} <= set(tracks.get("recall", ())):
@@ -211,12 +219,14 @@ def _tracks(headline: dict) -> dict[str, list[str]]:
     return {name: families for name, families in tracks.items() if families}
 
 
-def _general_by_topic(choice: list[EvalItem], open_items: list[EvalItem], raw: dict, seed: int):
+def _general_by_topic(
+    choice: list[EvalItem], open_items: list[EvalItem], raw: dict, seed: int
+) -> GeneralMetrics | None:
     """The general track per topic (option accuracy and answer NLL): where forgetting shows.
     Topics are small (~12 items): reported, not gated."""
     if not choice:
         return None
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Comparison]] = {}
     for subset, field, metric in (
         (choice, "general", "accuracy"),
         (open_items, "general_nll", "answer_nll"),
@@ -229,10 +239,10 @@ def _general_by_topic(choice: list[EvalItem], open_items: list[EvalItem], raw: d
             adapter = [raw["adapter"][field][n] for n in rows]
             if not any(math.isnan(v) for v in base + adapter):
                 out.setdefault(topic, {})[metric] = comparison(adapter, base, metric, seed)
-    return {"n": len(choice), "by_topic": out}
+    return GeneralMetrics(n=len(choice), by_topic=out)
 
 
-def _yes_no_subset(items: list[EvalItem], raw: dict, field: str, seed: int) -> dict | None:
+def _yes_no_subset(items: list[EvalItem], raw: dict, field: str, seed: int) -> YesNoMetrics | None:
     """Yes/no metrics over the Yes/No items of ``items`` (scored as ``raw[model][field]``)."""
     rows = [n for n, item in enumerate(items) if is_yes_no(item)]
     return yes_no_metrics(
@@ -243,16 +253,13 @@ def _yes_no_subset(items: list[EvalItem], raw: dict, field: str, seed: int) -> d
     )
 
 
-def _yes_no_headline(yes_no: dict | None, prefix: str) -> dict:
+def _yes_no_headline(yes_no: YesNoMetrics | None, prefix: str) -> dict[str, Comparison]:
     """A yes/no set's accuracy and balanced accuracy as headline families ``PREFIX_…``."""
     if yes_no is None:
         return {}
-    rows = {f"{prefix}_accuracy": {"metric": "accuracy", **yes_no["accuracy"]}}
-    if yes_no["balanced_accuracy"] is not None:
-        rows[f"{prefix}_balanced_accuracy"] = {
-            "metric": "balanced_accuracy",
-            **yes_no["balanced_accuracy"],
-        }
+    rows = {f"{prefix}_accuracy": yes_no.accuracy}
+    if yes_no.balanced_accuracy is not None:
+        rows[f"{prefix}_balanced_accuracy"] = yes_no.balanced_accuracy
     return rows
 
 
@@ -268,9 +275,9 @@ def _builder_options(recipe: Recipe, spec) -> dict[str, dict]:
     }
 
 
-def _by_group(items, choice, open_items, raw, key: str, seed: int) -> dict:
+def _by_group(items, choice, open_items, raw, key: str, seed: int) -> dict[str, Comparison]:
     """Per task (or builder): accuracy for choice items, answer NLL for open items."""
-    groups: dict[str, dict] = {}
+    groups: dict[str, Comparison] = {}
     for kind, subset, metric, field in (
         ("choice", choice, "accuracy", "choice"),
         ("open", open_items, "answer_nll", "nll"),
@@ -284,16 +291,16 @@ def _by_group(items, choice, open_items, raw, key: str, seed: int) -> dict:
             if any(math.isnan(v) for v in base + adapter):
                 continue
             name = f"{name}" if key == "task" else f"{name} ({kind})"
-            groups[name] = {"kind": kind, **comparison(adapter, base, metric, seed)}
+            groups[name] = comparison(adapter, base, metric, seed).model_copy(update={"kind": kind})
     return dict(sorted(groups.items()))
 
 
-def _sweep(scorer, scales, choice, open_items, raw, log, n_check: int = 6) -> list[dict]:
+def _sweep(scorer, scales, choice, open_items, raw, log, n_check: int = 6) -> list[SweepPoint]:
     """Choice accuracy and answer NLL at each strength. Strength 1 is the adapter already scored;
     strength 0 must reproduce the base: checked on a few items, then the base's scores are used."""
     rows = []
     for scale in sorted(set(scales)):
-        row = {"scale": scale}
+        checked = None
         if scale == 1.0:
             acc, nll = raw["adapter"]["choice"], raw["adapter"]["nll"]
         elif scale == 0.0:
@@ -306,46 +313,52 @@ def _sweep(scorer, scales, choice, open_items, raw, log, n_check: int = 6) -> li
             diff = max((abs(a - b) for a, b in pairs if not math.isnan(a)), default=0.0)
             if diff > SCALE0_TOLERANCE or check_acc != raw["base"]["choice"][:n_check]:
                 raise LexloraError(f"strength 0 does not reproduce the base model (Δ={diff:.2e})")
-            row["max_abs_diff_vs_base"] = diff
+            checked = diff
             acc, nll = raw["base"]["choice"], raw["base"]["nll"]
         else:
             log(f"eval: sweep, strength {scale}")
             with scorer.variant(scale):
                 acc = choice_correct(choice, scorer.choice_logprobs(choice))
                 nll = scorer.answer_nll(open_items)
-        row.update(choice_accuracy=_mean(acc), answer_nll=_mean(nll))
-        rows.append(row)
+        rows.append(
+            SweepPoint(
+                scale=scale,
+                choice_accuracy=_mean(acc),
+                answer_nll=_mean(nll),
+                max_abs_diff_vs_base=checked,
+            )
+        )
     return rows
 
 
-def _best_scale(rows: list[dict]) -> float | None:
+def _best_scale(rows: list[SweepPoint]) -> float | None:
     if not rows:
         return None
 
-    def rank(row: dict) -> tuple[float, float]:
-        nll = row["answer_nll"] if row["answer_nll"] is not None else math.inf
-        return (-(row["choice_accuracy"] or 0), nll) if nll == math.inf else (nll, 0.0)
+    def rank(row: SweepPoint) -> tuple[float, float]:
+        nll = row.answer_nll if row.answer_nll is not None else math.inf
+        return (-(row.choice_accuracy or 0), nll) if nll == math.inf else (nll, 0.0)
 
-    return min(rows, key=rank)["scale"]
+    return min(rows, key=rank).scale
 
 
-def _worst(gen_items: list[EvalItem], raw: dict, k: int = 10) -> list[dict]:
+def _worst(gen_items: list[EvalItem], raw: dict, k: int = 10) -> list[Example]:
     base_f1, adapter_f1 = (
         raw["base"]["generation"]["token_f1"],
         raw["adapter"]["generation"]["token_f1"],
     )
     order = sorted(range(len(gen_items)), key=lambda n: (adapter_f1[n] - base_f1[n], adapter_f1[n]))
     return [
-        {
-            "task": gen_items[n].task,
-            "doc_id": gen_items[n].doc_id,
-            "question": gen_items[n].prompt[-1]["content"],
-            "reference": gen_items[n].reference,
-            "base": raw["base"]["outputs"][n],
-            "adapter": raw["adapter"]["outputs"][n],
-            "base_f1": base_f1[n],
-            "adapter_f1": adapter_f1[n],
-        }
+        Example(
+            task=gen_items[n].task,
+            doc_id=gen_items[n].doc_id,
+            question=gen_items[n].prompt[-1]["content"],
+            reference=gen_items[n].reference,
+            base=raw["base"]["outputs"][n],
+            adapter=raw["adapter"]["outputs"][n],
+            base_f1=base_f1[n],
+            adapter_f1=adapter_f1[n],
+        )
         for n in order[:k]
     ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from lexlora.artifacts.metrics import Comparison, Difference, Stat
 from lexlora.eval.metrics import (
     bootstrap_ci,
     exact_match,
@@ -43,40 +44,41 @@ def generation_scores(items: Sequence[EvalItem], outputs: Sequence[str]) -> dict
     }
 
 
-def summarize(values: Sequence[float], seed: int = 0) -> dict[str, float]:
+def summarize(values: Sequence[float], seed: int = 0) -> Stat:
     mean, low, high = bootstrap_ci(values, seed=seed)
-    return {"mean": mean, "low": low, "high": high, "n": len(values)}
+    return Stat(mean=mean, low=low, high=high, n=len(values))
 
 
-def compare(adapter: Sequence[float], base: Sequence[float], metric: str, seed: int = 0) -> dict:
+def compare(
+    adapter: Sequence[float], base: Sequence[float], metric: str, seed: int = 0
+) -> Difference:
     """Paired difference adapter − base, whether the interval excludes zero either way, and the
     one-sided p-value of "worse" that the gate corrects across families."""
     mean, low, high = paired_difference(adapter, base, seed=seed)
     better = HIGHER_IS_BETTER[metric]
-    improved = (low > 0) if better else (high < 0)
-    worse = (high < 0) if better else (low > 0)
-    p = paired_p_worse(adapter, base, better, seed=seed)
-    return {
-        "mean": mean,
-        "low": low,
-        "high": high,
-        "improved": improved,
-        "worse": worse,
-        "p_worse": p,
-    }
+    return Difference(
+        mean=mean,
+        low=low,
+        high=high,
+        improved=(low > 0) if better else (high < 0),
+        worse=(high < 0) if better else (low > 0),
+        p_worse=paired_p_worse(adapter, base, better, seed=seed),
+    )
 
 
-def comparison(adapter: Sequence[float], base: Sequence[float], metric: str, seed: int = 0) -> dict:
+def comparison(
+    adapter: Sequence[float], base: Sequence[float], metric: str, seed: int = 0
+) -> Comparison:
     """One family's row: ``metric``, base and adapter (:func:`summarize`) and their paired
     difference (:func:`compare`), over the same items."""
-    return {
-        "metric": metric,
-        "base": summarize(base, seed),
-        "adapter": summarize(adapter, seed),
-        "difference": compare(adapter, base, metric, seed),
-    }
+    return Comparison(
+        metric=metric,
+        base=summarize(base, seed),
+        adapter=summarize(adapter, seed),
+        difference=compare(adapter, base, metric, seed),
+    )
 
 
-def perplexity(nll_summary: dict[str, float]) -> dict[str, float]:
+def perplexity(nll: Stat) -> Stat:
     """Answer perplexity from per-item mean NLL (exp of the mean and of its interval)."""
-    return {k: (math.exp(v) if k in ("mean", "low", "high") else v) for k, v in nll_summary.items()}
+    return Stat(mean=math.exp(nll.mean), low=math.exp(nll.low), high=math.exp(nll.high), n=nll.n)

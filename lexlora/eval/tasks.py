@@ -13,7 +13,6 @@ documents in held-out wordings) and ``general`` (out-of-domain questions shipped
 
 from __future__ import annotations
 
-import json
 import random
 import string
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lexlora.artifacts.manifest import DataManifest
 from lexlora.errors import LexloraError
 from lexlora.io import read_jsonl
 from lexlora.recipe import REPO_ROOT
@@ -232,8 +232,7 @@ def load_spec(path: Path) -> EvalSpec:
 
 
 def training_documents(data_dir: Path) -> set[str]:
-    manifest = json.loads((data_dir / "manifest.json").read_text(encoding="utf-8"))
-    return set(manifest["split"]["doc_ids"]["train"])
+    return DataManifest.read(data_dir).training_documents()
 
 
 def select_items(

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lexlora.artifacts.metrics import Comparison, Difference, Stat, YesNoMetrics, YesRate
 from lexlora.eval.metrics import p_worse
-from lexlora.eval.scores import compare, summarize
+from lexlora.eval.scores import comparison
 from lexlora.eval.tasks import EvalItem
 
 YES_NO = ("Yes", "No")
@@ -27,54 +28,38 @@ def is_yes_no(item: EvalItem) -> bool:
 
 def yes_no_metrics(
     items: Sequence[EvalItem], base: Sequence[float], adapter: Sequence[float], seed: int
-) -> dict | None:
+) -> YesNoMetrics | None:
     """Metrics over the yes/no items; ``base``/``adapter`` are their per-item correctness (1/0).
     ``None`` when there are no such items."""
     if not items:
         return None
     is_yes = np.array([item.label == "Yes" for item in items])
     b, a = np.asarray(base, dtype=float), np.asarray(adapter, dtype=float)
-    out = {
-        "n": len(items),
-        "n_yes": int(is_yes.sum()),
-        "n_no": int((~is_yes).sum()),
-        "accuracy": {
-            "base": summarize(list(b), seed),
-            "adapter": summarize(list(a), seed),
-            "difference": compare(list(a), list(b), "accuracy", seed),
-        },
-    }
-    if is_yes.all() or not is_yes.any():
-        out["balanced_accuracy"] = None  # one class only: undefined
-    else:
-        out["balanced_accuracy"] = _balanced(is_yes, b, a, seed)
-    out["yes_rate"] = {  # how often each model says Yes: a bias check
-        "base": _yes_rate(is_yes, b),
-        "adapter": _yes_rate(is_yes, a),
-    }
     by_category: dict[str, list[int]] = defaultdict(list)
     for n, item in enumerate(items):
         by_category[item.category or "(none)"].append(n)
-    out["by_category"] = {
-        cat: {
-            "n": len(rows),
-            "metric": "accuracy",
-            "base": summarize([base[n] for n in rows], seed),
-            "adapter": summarize([adapter[n] for n in rows], seed),
-            "difference": compare(
-                [adapter[n] for n in rows], [base[n] for n in rows], "accuracy", seed
-            ),
-        }
-        for cat, rows in sorted(by_category.items())
-    }
-    return out
+    one_class = is_yes.all() or not is_yes.any()
+    return YesNoMetrics(
+        n=len(items),
+        n_yes=int(is_yes.sum()),
+        n_no=int((~is_yes).sum()),
+        accuracy=comparison(list(a), list(b), "accuracy", seed),
+        balanced_accuracy=None if one_class else _balanced(is_yes, b, a, seed),
+        yes_rate=YesRate(base=_yes_rate(is_yes, b), adapter=_yes_rate(is_yes, a)),
+        by_category={
+            cat: comparison([adapter[n] for n in rows], [base[n] for n in rows], "accuracy", seed)
+            for cat, rows in sorted(by_category.items())
+        },
+    )
 
 
 def balanced_accuracy(is_yes: np.ndarray, correct: np.ndarray) -> float:
     return float((correct[is_yes].mean() + correct[~is_yes].mean()) / 2)
 
 
-def _balanced(is_yes: np.ndarray, b: np.ndarray, a: np.ndarray, seed: int) -> dict:
+def _balanced(is_yes: np.ndarray, b: np.ndarray, a: np.ndarray, seed: int) -> Comparison:
+    """Balanced accuracy of base and adapter: bootstraps that resample Yes and No items apart,
+    the same draws for both (so the difference is paired)."""
     rng = np.random.default_rng(seed)
     yes, no = np.flatnonzero(is_yes), np.flatnonzero(~is_yes)
     draws_yes = yes[rng.integers(0, yes.size, size=(N_RESAMPLES, yes.size))]
@@ -85,24 +70,29 @@ def _balanced(is_yes: np.ndarray, b: np.ndarray, a: np.ndarray, seed: int) -> di
 
     rb, ra = resampled(b), resampled(a)
 
-    def stat(mean: float, samples: np.ndarray) -> dict:
+    def interval(samples: np.ndarray) -> tuple[float, float]:
         low, high = np.quantile(samples, [0.025, 0.975])
-        return {"mean": mean, "low": float(low), "high": float(high), "n": int(is_yes.size)}
+        return float(low), float(high)
+
+    def stat(mean: float, samples: np.ndarray) -> Stat:
+        low, high = interval(samples)
+        return Stat(mean=mean, low=low, high=high, n=int(is_yes.size))
 
     base_ba, adapter_ba = balanced_accuracy(is_yes, b), balanced_accuracy(is_yes, a)
-    diff = stat(adapter_ba - base_ba, ra - rb)
-    return {
-        "base": stat(base_ba, rb),
-        "adapter": stat(adapter_ba, ra),
-        "difference": {
-            "mean": diff["mean"],
-            "low": diff["low"],
-            "high": diff["high"],
-            "improved": diff["low"] > 0,
-            "worse": diff["high"] < 0,
-            "p_worse": p_worse(ra - rb, higher_is_better=True),
-        },
-    }
+    low, high = interval(ra - rb)
+    return Comparison(
+        metric="balanced_accuracy",
+        base=stat(base_ba, rb),
+        adapter=stat(adapter_ba, ra),
+        difference=Difference(
+            mean=adapter_ba - base_ba,
+            low=low,
+            high=high,
+            improved=low > 0,
+            worse=high < 0,
+            p_worse=p_worse(ra - rb, higher_is_better=True),
+        ),
+    )
 
 
 def _yes_rate(is_yes: np.ndarray, correct: np.ndarray) -> float:

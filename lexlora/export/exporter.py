@@ -23,21 +23,27 @@ from typing import Any
 import torch
 import yaml
 from peft import PeftModel
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lexlora.adapter_methods import ENGINES, has_new_tokens, load_adapted, read_new_tokens
+from lexlora.adapter_methods import load_adapted
+from lexlora.artifacts.adapter import (
+    ENGINES,
+    AdapterFolder,
+    base_config_hash,
+    check_serving_limits,
+    has_new_tokens,
+    read_adapter,
+    read_new_tokens,
+)
+from lexlora.artifacts.gate import GATE_FILE, GateVerdict
 from lexlora.errors import LexloraError
-from lexlora.eval.gate import check_gate
 from lexlora.export.validate import (
     PROBE_PROMPT,
-    AdapterFiles,
     check_changes_output,
-    check_serving_limits,
     check_targets_exist,
     probe_logits,
-    read_adapter,
 )
-from lexlora.io import atomic_directory, check_directory_target, dumps_canonical, sha256_text
+from lexlora.io import atomic_directory, check_directory_target
 from lexlora.models import resolve_base_model
 from lexlora.quiet import quiet_libraries
 from lexlora.recipe import Recipe, validate_recipe
@@ -72,15 +78,7 @@ def parse_combine(spec: str) -> CombinePart:
     return CombinePart(ref, value)
 
 
-def base_config_hash(model_path: str) -> str:
-    """sha256 of the base model's architecture config (what an adapter must match)."""
-    config = AutoConfig.from_pretrained(model_path).to_dict()
-    for key in ("transformers_version", "_name_or_path", "dtype", "torch_dtype"):
-        config.pop(key, None)
-    return sha256_text(dumps_canonical(config))
-
-
-def load_run(run_dir: Path) -> tuple[Recipe, AdapterFiles]:
+def load_run(run_dir: Path) -> tuple[Recipe, AdapterFolder]:
     recipe_file = run_dir / "recipe.yaml"
     if not recipe_file.is_file():
         raise LexloraError(f"{run_dir}: not a lexlora run folder (no recipe.yaml)")
@@ -321,3 +319,25 @@ def merge_into(model: PeftModel, adapter_name: str, tokenizer, out: Path, replac
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return out
+
+
+def check_gate(run_dir: Path, force: bool, log=print) -> None:
+    """Refuse (unless ``force``) to publish a run the gate flagged; warn when never evaluated."""
+    verdict = GateVerdict.load(run_dir)
+    if verdict is None:
+        log(
+            f"warning: {run_dir} has no held-out evaluation (no {GATE_FILE}); run "
+            f"`lexlora eval RECIPE --run {run_dir}` to check it for regressions"
+        )
+        return
+    if not verdict.flagged:
+        return
+    worst = verdict.flagged[0].describe()
+    if not force:
+        n = len(verdict.flagged)
+        raise LexloraError(
+            f"{run_dir}: the no-regression gate flagged {n} task "
+            f"famil{'y' if n == 1 else 'ies'} ({worst}); see {verdict.report}; "
+            "pass --force to publish anyway"
+        )
+    log(f"warning: publishing a run the gate flagged ({worst}) because of --force")

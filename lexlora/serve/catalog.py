@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from lexlora.adapter_methods import check_engine
+from lexlora.artifacts.adapter import check_engine
 from lexlora.errors import LexloraError
 from lexlora.registry import AdapterStore, AdapterVersion
 from lexlora.serve.errors import bad_request, model_not_found, unsupported

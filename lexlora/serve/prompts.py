@@ -57,7 +57,7 @@ def _adapter_encoder(folder: str) -> PromptEncoder | None:
     folder: a published version never changes)."""
     from transformers import AutoTokenizer
 
-    from lexlora.adapter_methods import adapter_method, has_new_tokens
+    from lexlora.artifacts.adapter import adapter_method, has_new_tokens
     from lexlora.errors import LexloraError
 
     try:

@@ -10,7 +10,7 @@ from lexlora.serve.config import ServeConfig
 
 def build_app(config: ServeConfig) -> FastAPI:
     """Resolve the base model, create the engine and the store, and assemble the app."""
-    from lexlora.export.exporter import base_config_hash
+    from lexlora.artifacts.adapter import base_config_hash
     from lexlora.models import resolve_base_model
     from lexlora.quiet import quiet_libraries
     from lexlora.registry import AdapterStore

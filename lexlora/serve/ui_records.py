@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
+from lexlora.artifacts.gate import GATE_FILE, GateVerdict
+from lexlora.artifacts.metrics import EvalMetrics
 from lexlora.errors import LexloraError
-from lexlora.eval.gate import GATE_FILE, describe, describe_too_small
 from lexlora.registry import AdapterVersion, parse_ref
 from lexlora.serve.config import ServeConfig
 
@@ -110,14 +111,16 @@ def _short(name: Any) -> Any:
 
 
 def gate_summary(gate: Any) -> dict | None:
-    """The no-regression gate's verdict in a few lines, or None when there is none."""
+    """The no-regression gate's verdict in a few lines, or None when there is none (a gate file
+    of another shape still shows its flagged entries as text)."""
     if not isinstance(gate, dict) or not isinstance(gate.get("flagged"), list):
         return None
-    try:
-        flagged = [describe(flag) for flag in gate["flagged"]]
-        too_small = describe_too_small(gate)
-    except (KeyError, TypeError, ValueError):
+    verdict = GateVerdict.parse(gate)
+    if verdict is None:
         flagged, too_small = [str(f) for f in gate["flagged"]], ""
+    else:
+        flagged = [flag.describe() for flag in verdict.flagged]
+        too_small = verdict.too_small_text()
     return {
         "passed": not gate["flagged"],
         "flagged": flagged,
@@ -145,8 +148,10 @@ def _evaluation(path: str, mtime_ns: int, size: int) -> dict | None:
     metrics = read_json(Path(path))
     if not isinstance(metrics, dict):
         return None
-    try:
-        tracks, headline = track_text(metrics), headline_text(metrics)
+    try:  # a metrics.json of another shape (older lexlora, edited) still lists its headers
+        typed = EvalMetrics.model_validate(metrics)
+        tracks = [line.text for line in track_text(typed)]
+        headline = [line.text for line in headline_text(typed)]
     except (KeyError, TypeError, ValueError, AttributeError):
         tracks, headline = [], []
     return {

@@ -19,7 +19,8 @@ from typing import Any
 
 import httpx
 
-from lexlora.adapter_methods import adapter_method, load_adapted
+from lexlora.adapter_methods import load_adapted
+from lexlora.artifacts.adapter import adapter_method
 from lexlora.errors import LexloraError
 
 PROMPTS = (
@@ -244,27 +245,3 @@ def run_verify(
         for sample, (text, count) in zip(check.samples, rows, strict=True):
             sample.offline_text, sample.offline_tokens = text, count
     return checks
-
-
-def print_table(checks: list[ModelCheck], console: Any) -> None:
-    from rich.table import Table
-
-    table = Table(title="served vs HF + PEFT offline (greedy, fp32)")
-    for column in ("model", "runs", "prompts matched", "result", "first mismatch"):
-        table.add_column(column)
-    for check in checks:
-        bad = check.first_mismatch()
-        detail = ""
-        if bad is not None:
-            detail = (
-                f"{bad.prompt!r}: served {bad.served_text!r} ({bad.served_tokens} tok) vs "
-                f"offline {bad.offline_text!r} ({bad.offline_tokens} tok)"
-            )
-        table.add_row(
-            check.model,
-            check.target,
-            f"{check.matched}/{len(check.samples)}",
-            "[green]match[/]" if check.ok else "[red]MISMATCH[/]",
-            detail,
-        )
-    console.print(table)

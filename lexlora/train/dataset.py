@@ -21,8 +21,8 @@ from pydantic import ValidationError
 from transformers import PreTrainedTokenizerBase
 from trl.data_utils import common_prefix_length
 
+from lexlora.artifacts.manifest import dataset_problem
 from lexlora.data.build import build_dataset, dataset_dir
-from lexlora.data.manifest import dataset_problem
 from lexlora.data.pairs import Pair
 from lexlora.errors import LexloraError
 from lexlora.io import read_jsonl

@@ -16,7 +16,8 @@ from typing import Any
 
 from peft import LoraConfig, PeftConfig, PromptTuningConfig, TrainableTokensConfig
 
-from lexlora.adapter_methods import add_terms, has_new_tokens, subword_ids
+from lexlora.adapter_methods import add_terms, subword_ids
+from lexlora.artifacts.adapter import has_new_tokens
 from lexlora.data.pairs import Pair
 from lexlora.errors import LexloraError
 from lexlora.recipe import Recipe

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 from peft import PeftConfig, PeftModel, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from lexlora.artifacts.adapter import CONFIG_FILE, read_config
 from lexlora.errors import LexloraError
 from lexlora.models import quantization_for, resolve_base_model
 from lexlora.recipe import Recipe
@@ -145,10 +145,10 @@ def prepare_for_training(
     if init is None:
         return model, peft_config(recipe, base.path, token_ids or [])
     folder = Path(init)
-    config_file = folder / "adapter_config.json"
+    config_file = folder / CONFIG_FILE
     if not config_file.is_file():
         raise LexloraError(f"train.init_adapter: {folder} is not a PEFT adapter folder")
-    adapter_base = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    adapter_base = read_config(config_file).get("base_model_name_or_path")
     if adapter_base and Path(adapter_base).name != Path(base.path).name:
         raise LexloraError(
             f"train.init_adapter: {folder} was trained on '{adapter_base}', not on '{base.path}'"

@@ -31,7 +31,7 @@ from transformers import EarlyStoppingCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
-from lexlora.adapter_methods import write_new_tokens
+from lexlora.artifacts.adapter import write_new_tokens
 from lexlora.errors import LexloraError
 from lexlora.io import atomic_directory, write_json
 from lexlora.quiet import quiet_libraries

@@ -101,40 +101,46 @@ class DecodeBatch:
     def _score_shared(self, clusters: list[tuple[int, list[Row]]]) -> None:
         """Score-only rows in ``clusters`` (one adapter each; the first ``shared`` tokens of a
         cluster's rows are the same): every cluster's prefix in one pass, right-padded, then
-        all the rests together on copies of their prefix's KV cache (a failed pass is rerun
-        row by row)."""
+        the rests together on copies of their prefix's KV cache (a failed pass is rerun row by
+        row). A score-only row's last token predicts nothing that is returned, so it is never
+        run: a row whose only own token is its last (an option of one token) needs no rest pass,
+        its log-prob is read at the end of the prefix."""
         rows = [row for _, members in clusters for row in members]
         owner = torch.tensor([c for c, (_, members) in enumerate(clusters) for _ in members])
-        prefixes = [members[0].request.prompt_ids[:shared] for shared, members in clusters]
-        rests = [row.request.prompt_ids[shared:] for shared, members in clusters for row in members]
-        ids, prefix_mask = self._right_padded(prefixes)
-        rest_ids, rest_mask = self._right_padded(rests)
         starts = torch.tensor([shared for shared, _ in clusters])[owner]
+        prefixes = [members[0].request.prompt_ids[:shared] for shared, members in clusters]
+        ids, prefix_mask = self._right_padded(prefixes)
+        resting = [i for i, r in enumerate(rows) if r.prompt_len - int(starts[i]) > 1]
         cache = DynamicCache()
+        tails: dict[int, torch.Tensor] = {}
         try:
             positions = torch.arange(ids.shape[1]).expand(len(prefixes), -1)
             adapters = [members[0].peft_adapter for _, members in clusters]
             head = self._forward(ids, prefix_mask, positions, cache, adapters, True)
-            cache.batch_select_indices(owner)
-            mask = torch.cat([prefix_mask[owner], rest_mask], dim=1)
-            positions = starts[:, None] + torch.arange(rest_ids.shape[1])
-            tail = self._forward(
-                rest_ids, mask, positions, cache, [r.peft_adapter for r in rows], True
-            )
+            if resting:
+                index = owner[resting]
+                cache.batch_select_indices(index)
+                rests = [rows[i].request.prompt_ids[int(starts[i]) : -1] for i in resting]
+                rest_ids, rest_mask = self._right_padded(rests)
+                mask = torch.cat([prefix_mask[index], rest_mask], dim=1)
+                positions = starts[resting][:, None] + torch.arange(rest_ids.shape[1])
+                names = [rows[i].peft_adapter for i in resting]
+                tail = self._forward(rest_ids, mask, positions, cache, names, True)
+                tail = torch.log_softmax(tail.float(), dim=-1)
+                tails = {i: tail[n] for n, i in enumerate(resting)}
         except Exception as exc:
             log.warning("a shared-prefix scoring pass failed (%r): rerunning row by row", exc)
             for row in rows:
                 self._prefill_scoring([row])
             return
         head = torch.log_softmax(head.float(), dim=-1)  # each prefix's log-probs, once
-        tail = torch.log_softmax(tail.float(), dim=-1)
         memo: dict[tuple[int, int], list[TokenLogprob]] = {}  # (cluster, k) → prefix entries
         for i, row in enumerate(rows):
             if row.cancelled.is_set():
                 row.done = True
                 continue
             c, shared = int(owner[i]), int(starts[i])
-            work = partial(_score_shared_prompt, row, shared, head[c], tail[i], memo, c)
+            work = partial(_score_shared_prompt, row, shared, head[c], tails.get(i), memo, c)
             _guarded(row, work)
 
     def _right_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -344,11 +350,11 @@ class DecodeBatch:
 
 
 def _scoring_groups(rows: list[Row]) -> list[list[Row]]:
-    """``rows`` in arrival order, cut into passes of at most ``SCORE_TOKENS`` padded tokens (a
+    """``rows`` by prompt length, cut into passes of at most ``SCORE_TOKENS`` padded tokens (a
     longer row goes alone)."""
     groups: list[list[Row]] = []
     width = 0
-    for row in rows:
+    for row in sorted(rows, key=lambda r: r.prompt_len):  # similar lengths: little padding
         wider = max(width, row.prompt_len)
         if groups and wider * (len(groups[-1]) + 1) <= SCORE_TOKENS:
             groups[-1].append(row)
@@ -395,7 +401,7 @@ def _cluster_passes(
     """``clusters`` cut into passes whose prefixes and whose rests each stay within
     ``SCORE_TOKENS`` padded tokens (a larger cluster goes alone)."""
     passes: list[list[tuple[int, list[Row]]]] = []
-    for cluster in clusters:
+    for cluster in sorted(clusters, key=lambda c: c[0]):  # similar prefix lengths together
         group = [*passes[-1], cluster] if passes else [cluster]
         prefix = max(n for n, _ in group) * len(group)
         rows = [(n, r) for n, members in group for r in members]
@@ -423,7 +429,7 @@ def _score_shared_prompt(
     row: Row,
     shared: int,
     head: torch.Tensor,
-    tail: torch.Tensor,
+    tail: torch.Tensor | None,
     memo: dict[tuple[int, int], list[TokenLogprob]],
     cluster: int,
 ) -> None:
@@ -437,7 +443,11 @@ def _score_shared_prompt(
         if (cluster, k) not in memo:  # the prefix's own tokens: the same for every row
             memo[cluster, k] = token_logprobs(head[: shared - 1], ids[1:shared], k)
         first = token_logprobs(head[shared - 1 : shared], ids[shared : shared + 1], k)
-        rest = token_logprobs(tail[: len(ids) - shared - 1], ids[shared + 1 :], k)
+        rest = (
+            []
+            if tail is None
+            else token_logprobs(tail[: len(ids) - shared - 1], ids[shared + 1 :], k)
+        )
         row.emit(PromptLogprobs(tuple(memo[cluster, k] + first + rest)))
     if request.sampling.max_tokens == 0:
         row.finish("length")

@@ -5,9 +5,9 @@ thread owns the model: it decodes a :class:`DecodeBatch` (rows for different ada
 pass, PEFT mixed-adapter batches via ``adapter_names``), takes new rows from the :class:`Batcher`
 between steps, and runs adapter loads/unloads between steps too, so they never race a forward.
 
-Exact weighted adapters (``load_weighted_adapter``): one part is a copy whose LoRA ``scaling`` is
-multiplied by the weight (what ``peft.helpers.rescale_adapter_scale`` does, but for that copy
-only); several parts are combined by PEFT ``add_weighted_adapter(..., combination_type="cat")``.
+Exact weighted adapters (``load_weighted_adapter``, a strength or a composition): the weighted sum
+is written as one LoRA folder by :func:`lexlora.artifacts.adapter.compose_lora` (the same maths the
+vLLM engine loads) and loaded like any other adapter.
 
 Adapter methods (:mod:`lexlora.adapter_methods`, read from the folder): LoRA adapters live in the
 ``PeftModel``; prompt-tuned and new-token adapters bring embedding rows that live beside the base
@@ -33,8 +33,8 @@ import contextlib
 import dataclasses
 import logging
 import queue
+import tempfile
 import threading
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -42,10 +42,11 @@ from typing import Any
 
 import torch
 from peft import PeftModel
-from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from lexlora.adapter_methods import adapter_method, has_lora, lora_part
+from lexlora.adapter_methods import lora_part
+from lexlora.artifacts.adapter import adapter_method, compose_lora, has_lora
+from lexlora.errors import LexloraError
 from lexlora.serve.batcher import Batcher
 from lexlora.serve.engines.base import (
     AdapterPart,
@@ -185,30 +186,12 @@ class EmbeddedEngine(Engine):
                     f"adapter {Path(part.path).name!r} is a {method} adapter: only LoRA adapters "
                     "can be scaled or composed"
                 )
-        if len(parts) == 1:
-            self._load(name, parts[0].path)
-            assert self._peft is not None
-            for module in self._peft.modules():
-                if isinstance(module, LoraLayer) and name in module.scaling:
-                    module.scaling[name] *= parts[0].weight
-            return
-        temps: list[str] = []
-        try:
-            for part in parts:
-                temps.append(f"tmp-{uuid.uuid4().hex}")
-                self._load(temps[-1], part.path)
-            assert self._peft is not None
-            weights = [p.weight for p in parts]
+        with tempfile.TemporaryDirectory(prefix="lexlora-weighted-") as tmp:
             try:
-                self._peft.add_weighted_adapter(temps, weights, name, combination_type="cat")
-            except (ValueError, TypeError) as exc:  # PEFT refuses this combination
-                raise EngineError(f"these adapters cannot be combined: {exc}") from None
-            self._peft.eval()
-            self._adapters.add(name)
-            self._lora.add(name)
-        finally:
-            for temp in temps:
-                self._unload(temp)
+                folder = compose_lora([(Path(p.path), p.weight) for p in parts], Path(tmp) / "a")
+            except LexloraError as exc:
+                raise EngineError(str(exc)) from None
+            self._load_lora(name, folder)  # PEFT holds the weights in memory from here
 
     def _unload(self, name: str) -> None:
         if name not in self._adapters:

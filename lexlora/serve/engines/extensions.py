@@ -22,13 +22,8 @@ from typing import Any
 
 import torch
 
-from lexlora.adapter_methods import (
-    has_new_tokens,
-    mean_rows,
-    prompt_embeddings,
-    read_new_tokens,
-    trained_token_rows,
-)
+from lexlora.adapter_methods import mean_rows, prompt_embeddings, trained_token_rows
+from lexlora.artifacts.adapter import has_new_tokens, read_new_tokens
 from lexlora.serve.engines.base import (
     EngineError,
     Finished,

