@@ -4,7 +4,8 @@
   timed end to end (target: ≤ 5 minutes for the default recipe on 2 cores), and item-scores/s;
 - ``endpoint`` (with ``--endpoint``): the same evaluation through ``lexlora serve`` (started here
   on 127.0.0.1 with the run's adapter published to a temporary store, the embedded engine), or
-  through the server at ``--endpoint URL``; its speed as a ratio of in-process (goal ≥ 0.8x).
+  through the server at ``--endpoint URL``; its speed as a ratio of in-process (goal ≥ 0.8x) and
+  the largest difference of a headline figure between the two (they must agree).
 
 Prints a table and writes reports/bench/bench_eval.json.
 
@@ -26,6 +27,7 @@ from bench_serve import gateway, sha
 from rich.console import Console
 from rich.table import Table
 
+from lexlora.artifacts.run import latest_run_dir
 from lexlora.data.build import dataset_dir
 from lexlora.eval.runner import evaluate
 from lexlora.eval.targets import EvalTarget, scorer_for
@@ -33,7 +35,6 @@ from lexlora.io import write_json
 from lexlora.models import resolve_base_model
 from lexlora.quiet import quiet_libraries
 from lexlora.recipe import load_recipe
-from lexlora.train.run_dir import latest_run_dir
 
 
 def timed(recipe, scorer, label: str, out: Path) -> dict:
@@ -49,7 +50,18 @@ def timed(recipe, scorer, label: str, out: Path) -> dict:
         "variants_scored": variants,
         "item_scores_per_s": round(n * variants / seconds, 2),
         "meets_5_minutes": seconds <= 300,
+        "headline": {
+            name: {"base": row.base.mean, "adapter": row.adapter.mean}
+            for name, row in result.metrics.headline.items()
+        },
     }
+
+
+def largest_difference(a: dict, b: dict) -> float:
+    """The largest |difference| of a headline figure (base or adapter) between two runs."""
+    return max(
+        abs(a[name][side] - b[name][side]) for name in a.keys() & b.keys() for side in a[name]
+    )
 
 
 SERVED_KEY = "sk-bench-eval"
@@ -119,6 +131,9 @@ def main() -> None:
             results["endpoint"]["item_scores_per_s"] / results["in-process"]["item_scores_per_s"]
         )
         results["endpoint"]["vs_in_process"] = round(ratio, 2)
+        remote, local = results["endpoint"]["headline"], results["in-process"]["headline"]
+        results["endpoint"]["max_headline_difference"] = largest_difference(remote, local)
+        results["endpoint"]["same_families"] = sorted(remote) == sorted(local)
     table = Table(
         "path", "seconds", "items", "variants", "item-scores/s", "vs in-process", "≤ 5 min"
     )
@@ -133,6 +148,12 @@ def main() -> None:
             "yes" if r["meets_5_minutes"] else "NO",
         )
     Console().print(table)
+    if "max_headline_difference" in results.get("endpoint", {}):
+        r = results["endpoint"]
+        Console().print(
+            f"headline figures, endpoint vs in-process: largest difference "
+            f"{r['max_headline_difference']:.2e} (same families: {r['same_families']})"
+        )
     write_json(Path(args.out), {"recipe": args.recipe, "results": results})
 
 

@@ -21,12 +21,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from lexlora.artifacts.run import latest_run_dir
 from lexlora.errors import LexloraError
 from lexlora.export.exporter import export_run
 from lexlora.io import write_json
 from lexlora.recipe import load_recipe
 from lexlora.registry import AdapterStore
-from lexlora.train.run_dir import latest_run_dir
 
 
 def main() -> None:

@@ -13,8 +13,8 @@ from support import folder_recipe, write_contract_folder
 from lexlora.corpora.licenses import read_license_documents
 from lexlora.data.build import build_dataset, dataset_dir
 from lexlora.data.clause_detect import detect
+from lexlora.data.clean import flatten
 from lexlora.data.gold import load_gold, score_detector
-from lexlora.data.pairs import flatten
 from lexlora.data.segment import split_clauses
 from lexlora.data.taxonomy import load_taxonomy
 from lexlora.errors import LexloraError

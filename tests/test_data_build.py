@@ -12,7 +12,7 @@ import pytest
 from support import folder_recipe
 
 from lexlora.data.build import build_dataset
-from lexlora.data.pairs import flatten
+from lexlora.data.clean import flatten
 from lexlora.errors import LexloraError
 from lexlora.recipe import load_recipe
 

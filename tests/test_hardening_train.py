@@ -110,8 +110,8 @@ def test_a_run_too_short_to_log_still_summarises_its_loss_and_evaluates(tiny_mod
 
 
 def test_summary_says_n_a_for_figures_a_run_did_not_produce():
+    from lexlora.artifacts.run import TrainSummary
     from lexlora.cli.train import summary_rows
-    from lexlora.train.trainer import TrainSummary
 
     summary = TrainSummary(
         run_dir="r",

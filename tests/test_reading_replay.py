@@ -11,9 +11,10 @@ import pytest
 from rich.console import Console
 from support import folder_recipe, make_recipe
 
+from lexlora.artifacts.pairs import Pair
 from lexlora.data.build import build_dataset, dataset_dir
 from lexlora.data.builders.reading import TASK
-from lexlora.data.pairs import Pair, flatten
+from lexlora.data.clean import flatten
 from lexlora.errors import LexloraError
 from lexlora.io import read_jsonl
 from lexlora.recipe import REPO_ROOT, validate_recipe

@@ -19,7 +19,7 @@ from support import folder_recipe, write_contract_folder
 
 from lexlora.data.build import build_dataset, dataset_dir
 from lexlora.data.builders.teacher import validate_reply
-from lexlora.data.pairs import flatten
+from lexlora.data.clean import flatten
 from lexlora.errors import LexloraError
 from lexlora.serve.launch import free_port, serve_process
 from lexlora.serve.tenants import hash_key

@@ -12,7 +12,7 @@ from rich.table import Table
 from lexlora.cli.common import SetOption, console, print_headline
 
 if TYPE_CHECKING:
-    from lexlora.train.trainer import TrainSummary
+    from lexlora.artifacts.run import TrainSummary
 
 
 def train(

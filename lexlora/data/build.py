@@ -25,6 +25,7 @@ from lexlora.artifacts.manifest import (
     ScrubSummary,
     SplitSummary,
 )
+from lexlora.artifacts.pairs import Pair
 from lexlora.corpora.catalog import CorpusReadReport, corpus_manifest, load_documents
 from lexlora.corpora.document import Document
 from lexlora.data.builders import (
@@ -36,7 +37,6 @@ from lexlora.data.builders import (
 )
 from lexlora.data.clean import clean_text, compile_boilerplate, find_duplicates
 from lexlora.data.leakage import measure_leakage
-from lexlora.data.pairs import Pair
 from lexlora.data.scrub import scrub_text
 from lexlora.data.split import SPLITS, split_by_document
 from lexlora.errors import LexloraError

@@ -90,3 +90,11 @@ def _minhash(words: list[str], num_perm: int, shingle_words: int) -> MinHash:
     signature = MinHash(num_perm=num_perm, seed=1)
     signature.update_batch(sorted(shingles))
     return signature
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def flatten(text: str) -> str:
+    """Collapse the hard wraps and indentation of plain-text documents into single spaces."""
+    return _SPACES.sub(" ", text).strip()

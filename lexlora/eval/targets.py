@@ -91,8 +91,8 @@ def run_eval(
 
 
 def _adapter_dir(recipe: Recipe, target: EvalTarget) -> tuple[Path, str, Path | None]:
+    from lexlora.artifacts.run import latest_run_dir
     from lexlora.registry import AdapterStore, split_tenant_ref
-    from lexlora.train.run_dir import latest_run_dir
 
     if target.adapter:
         tenant, ref = split_tenant_ref(target.adapter)

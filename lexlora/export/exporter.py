@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import tempfile
@@ -36,6 +35,7 @@ from lexlora.artifacts.adapter import (
     read_new_tokens,
 )
 from lexlora.artifacts.gate import GATE_FILE, GateVerdict
+from lexlora.artifacts.run import TrainSummary
 from lexlora.errors import LexloraError
 from lexlora.export.validate import (
     PROBE_PROMPT,
@@ -288,8 +288,8 @@ def _resolve_part(ref: str, store: AdapterStore) -> tuple[Path, str | None]:
 
 
 def _metadata(recipe, run_dir, exported, base_path, base_hash, scale, change) -> dict:
-    summary_file = run_dir / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    loaded = TrainSummary.load(run_dir)
+    summary = loaded.model_dump() if loaded is not None else {}
     return {
         "base_model": recipe.model.base,
         "base_model_path": base_path,

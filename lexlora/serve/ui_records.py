@@ -21,6 +21,7 @@ import yaml
 
 from lexlora.artifacts.gate import GATE_FILE, GateVerdict
 from lexlora.artifacts.metrics import EvalMetrics
+from lexlora.artifacts.run import TrainSummary
 from lexlora.errors import LexloraError
 from lexlora.registry import AdapterVersion, parse_ref
 from lexlora.serve.config import ServeConfig
@@ -227,19 +228,20 @@ def run_record(run: Path, folders: Folders) -> dict:
     except yaml.YAMLError:
         recipe = None
     recipe = recipe if isinstance(recipe, dict) else {}
-    summary = read_json(run / "summary.json")
+    summary = TrainSummary.load(run)
     gate = read_json(run / GATE_FILE)
     report = locate_report(gate.get("report"), folders) if isinstance(gate, dict) else None
-    if not isinstance(summary, dict):
-        status, summary = "incomplete", _last_logged(run / "metrics.jsonl")
-        losses = {"train_last": summary.get("loss")}
+    if summary is None:
+        last = _last_logged(run / "metrics.jsonl")
+        status, steps, losses = "incomplete", last.get("step"), {"train_last": last.get("loss")}
     else:
-        status = "interrupted" if summary.get("interrupted") else "finished"
+        steps = summary.steps
+        status = "interrupted" if summary.interrupted else "finished"
         losses = {
-            "train_first": summary.get("train_loss_first"),
-            "train_last": summary.get("train_loss_last"),
-            "eval_base": summary.get("eval_loss_base"),
-            "eval_adapter": summary.get("eval_loss_adapter"),
+            "train_first": summary.train_loss_first,
+            "train_last": summary.train_loss_last,
+            "eval_base": summary.eval_loss_base,
+            "eval_adapter": summary.eval_loss_adapter,
         }
     return {
         "recipe": recipe.get("name") or run.parent.name,
@@ -247,7 +249,7 @@ def run_record(run: Path, folders: Folders) -> dict:
         "base_model": _short(_mapping(recipe, "model").get("base")),
         "rank": _mapping(recipe, "lora").get("rank"),
         "status": status,
-        "steps": summary.get("steps", summary.get("step")),
+        "steps": steps,
         "losses": losses,
         "gate": gate_summary(gate),
         "evaluation": evaluation(report),

@@ -1,5 +1,5 @@
-"""Training data: ``data/RECIPE/*.jsonl`` rows (:class:`~lexlora.data.pairs.Pair`) → token ids and
-labels for TRL's SFTTrainer, chat pairs and plain-text rows in one dataset.
+"""Training data: ``data/RECIPE/*.jsonl`` rows (:class:`~lexlora.artifacts.pairs.Pair`) → token ids
+and labels for TRL's SFTTrainer, chat pairs and plain-text rows in one dataset.
 
 - a chat pair is rendered by the base model's chat template; its labels are the assistant answer
   (the tokens after the prompt with the generation prompt, as TRL's prompt/completion rows);
@@ -22,8 +22,8 @@ from transformers import PreTrainedTokenizerBase
 from trl.data_utils import common_prefix_length
 
 from lexlora.artifacts.manifest import dataset_problem
+from lexlora.artifacts.pairs import Pair
 from lexlora.data.build import build_dataset, dataset_dir
-from lexlora.data.pairs import Pair
 from lexlora.errors import LexloraError
 from lexlora.io import read_jsonl
 from lexlora.recipe import Recipe

@@ -18,7 +18,7 @@ from peft import LoraConfig, PeftConfig, PromptTuningConfig, TrainableTokensConf
 
 from lexlora.adapter_methods import add_terms, subword_ids
 from lexlora.artifacts.adapter import has_new_tokens
-from lexlora.data.pairs import Pair
+from lexlora.artifacts.pairs import Pair
 from lexlora.errors import LexloraError
 from lexlora.recipe import Recipe
 

@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from transformers import GenerationConfig
 
-from lexlora.data.pairs import Pair, make_pair
+from lexlora.artifacts.pairs import Pair, make_pair
 from lexlora.errors import LexloraError
 from lexlora.io import dumps_canonical, read_jsonl, sha256_file, sha256_text, write_jsonl
 from lexlora.models import lexlora_home

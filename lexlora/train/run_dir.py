@@ -2,7 +2,7 @@
 
 Layout: ``recipe.yaml`` (resolved), ``provenance.json`` (data manifest hash, package versions),
 ``metrics.jsonl``, ``runs/`` (TensorBoard), ``checkpoints/checkpoint-N/``, ``adapter/`` (final),
-``summary.json``.
+``summary.json`` (:class:`lexlora.artifacts.run.TrainSummary`).
 
 A checkpoint is complete once the Trainer has written ``trainer_state.json``, its last file, in
 full; one cut short by a crash is skipped on resume.
@@ -112,16 +112,6 @@ def write_provenance(run_dir: Path, recipe: Recipe, data_dir: Path) -> None:
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
-
-
-def latest_run_dir(recipe: Recipe) -> Path:
-    root = Path(recipe.train.output_dir) / recipe.name
-    runs = (
-        sorted(p for p in root.glob("*") if (p / "recipe.yaml").is_file()) if root.is_dir() else []
-    )
-    if not runs:
-        raise LexloraError(f"no run of recipe '{recipe.name}' under {root} to resume")
-    return max(runs, key=lambda p: p.stat().st_mtime)
 
 
 def latest_checkpoint(run_dir: Path, log: Callable[[str], object] = print) -> Path:

@@ -20,7 +20,7 @@ import resource
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,8 +32,9 @@ from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from lexlora.artifacts.adapter import write_new_tokens
+from lexlora.artifacts.run import TrainSummary, latest_run_dir
 from lexlora.errors import LexloraError
-from lexlora.io import atomic_directory, write_json
+from lexlora.io import atomic_directory
 from lexlora.quiet import quiet_libraries
 from lexlora.recipe import Recipe
 from lexlora.train.callbacks import (
@@ -47,27 +48,7 @@ from lexlora.train.memory import check_max_length
 from lexlora.train.methods import add_new_terms
 from lexlora.train.model_setup import LoadedBase, load_base, prepare_for_training
 from lexlora.train.replay import replay_pairs
-from lexlora.train.run_dir import latest_checkpoint, latest_run_dir, starting_run
-
-
-@dataclass
-class TrainSummary:
-    run_dir: str
-    adapter_dir: str | None
-    interrupted: bool
-    steps: int
-    train_loss_first: float | None
-    train_loss_last: float | None
-    eval_loss_base: float | None
-    eval_loss_adapter: float | None
-    tokens_seen: int
-    wall_seconds: float
-    peak_rss_mb: float
-    peak_cuda_mb: float | None
-    precision: str
-    method: str = "lora"
-    trainable_params: int = 0
-    rank_checksums: list[str] = field(default_factory=list)
+from lexlora.train.run_dir import latest_checkpoint, starting_run
 
 
 @dataclass
@@ -183,7 +164,7 @@ def run_training(session: TrainingSession) -> TrainSummary:
     )
     summary.rank_checksums = checksums
     if state.is_main_process:
-        write_json(run_dir / "summary.json", asdict(summary))
+        summary.save()
     return summary
 
 

@@ -2,13 +2,14 @@
 
 A builder is a function ``build(view, cfg, ctx) -> list[Pair]``; recipes select and weight them by
 the names below under ``data.builders``. Most return chat pairs; ``reading`` returns plain-text rows
-(trained on every token, see :mod:`lexlora.data.pairs`).
+(trained on every token, see :mod:`lexlora.artifacts.pairs`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from lexlora.artifacts.pairs import Pair
 from lexlora.data.builders import (
     clause_classification,
     clause_presence,
@@ -22,7 +23,6 @@ from lexlora.data.builders import (
     teacher,
 )
 from lexlora.data.builders.base import BuildContext, DocumentView
-from lexlora.data.pairs import Pair
 from lexlora.errors import LexloraError
 from lexlora.recipe import BuilderConfig
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from lexlora.corpora.document import Document
 from lexlora.data.clause_detect import Detection, detect
-from lexlora.data.pairs import flatten
+from lexlora.data.clean import flatten
 from lexlora.data.segment import (
     Definition,
     Section,

@@ -11,8 +11,8 @@ by likelihood):
 
 from __future__ import annotations
 
+from lexlora.artifacts.pairs import Pair, make_pair
 from lexlora.data.builders.base import BuildContext, DocumentView, clause_excerpt, options, pick
-from lexlora.data.pairs import Pair, make_pair
 from lexlora.data.segment import split_clauses
 from lexlora.recipe import BuilderConfig
 

@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from lexlora.artifacts.pairs import Pair, make_pair
 from lexlora.data.builders.base import (
     BuildContext,
     DocumentView,
@@ -28,8 +29,8 @@ from lexlora.data.builders.base import (
     pick,
 )
 from lexlora.data.clause_detect import Detection
+from lexlora.data.clean import flatten
 from lexlora.data.gold import GoldKey, load_gold, score_detector
-from lexlora.data.pairs import Pair, flatten, make_pair
 from lexlora.data.taxonomy import Taxonomy, check_categories, load_taxonomy
 from lexlora.errors import LexloraError
 from lexlora.recipe import BuilderConfig

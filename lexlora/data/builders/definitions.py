@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from lexlora.artifacts.pairs import Pair, make_pair
 from lexlora.data.builders.base import BuildContext, DocumentView, clause_excerpt, pick
-from lexlora.data.pairs import Pair, make_pair
 from lexlora.recipe import BuilderConfig
 
 NAME = "definitions"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lexlora.artifacts.pairs import Pair, make_pair
 from lexlora.corpora.icd10cm import CODE_LINE_RE, NOTE_LINE_RE
 from lexlora.data.builders.base import BuildContext, DocumentView, pick
-from lexlora.data.pairs import Pair, make_pair
 from lexlora.recipe import BuilderConfig
 
 NOTE_QUESTIONS = {

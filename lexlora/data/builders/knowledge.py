@@ -28,8 +28,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from lexlora.artifacts.pairs import Pair, make_pair
 from lexlora.data.builders.base import BuildContext, DocumentView, pick, run_options
-from lexlora.data.pairs import Pair, make_pair
 from lexlora.data.taxonomy import check_categories, load_taxonomy
 from lexlora.errors import LexloraError
 from lexlora.recipe import BuilderConfig

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 
+from lexlora.artifacts.pairs import Pair, make_pair
 from lexlora.data.builders.base import BuildContext, DocumentView, clause_excerpt, pick
-from lexlora.data.pairs import Pair, flatten, make_pair
+from lexlora.data.clean import flatten
 from lexlora.recipe import BuilderConfig
 
 NAME = "obligations"

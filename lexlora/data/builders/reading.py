@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lexlora.artifacts.pairs import Pair, make_text_row
 from lexlora.data.builders.base import (
     BuildContext,
     DocumentView,
@@ -46,7 +47,7 @@ from lexlora.data.builders.base import (
     run_options,
 )
 from lexlora.data.clause_detect import detect
-from lexlora.data.pairs import Pair, flatten, make_text_row
+from lexlora.data.clean import flatten
 from lexlora.data.segment import split_clauses
 from lexlora.data.taxonomy import Taxonomy, check_categories, load_taxonomy
 from lexlora.errors import LexloraError

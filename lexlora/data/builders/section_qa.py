@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from lexlora.artifacts.pairs import Pair, make_pair
 from lexlora.data.builders.base import BuildContext, DocumentView, clause_excerpt, pick
-from lexlora.data.pairs import Pair, make_pair
 from lexlora.data.segment import split_clauses
 from lexlora.recipe import BuilderConfig
 

@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from lexlora.artifacts.pairs import Pair, make_pair
 from lexlora.data.builders.base import BuildContext, DocumentView, clause_excerpt, options
-from lexlora.data.pairs import Pair, make_pair
 from lexlora.data.scrub import PII_TYPES
 from lexlora.data.segment import split_clauses
 from lexlora.data.teacher_client import (

@@ -8,12 +8,9 @@ exactly one of the two forms, and its JSON holds only that one.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import BaseModel, Field, model_serializer, model_validator
-
-_SPACES = re.compile(r"\s+")
 
 
 class PairMeta(BaseModel):
@@ -92,8 +89,3 @@ def make_text_row(
     """A plain-completion row (trained on every token), with the same provenance as a pair."""
     meta = PairMeta(doc_id=doc_id, builder=builder, span=span, task=task, **extra)
     return Pair(text=text, meta=meta)
-
-
-def flatten(text: str) -> str:
-    """Collapse the hard wraps and indentation of plain-text documents into single spaces."""
-    return _SPACES.sub(" ", text).strip()
