@@ -76,18 +76,11 @@ def method_of_config(config: dict[str, Any]) -> Method:
 
 
 def adapter_method(folder: Path) -> Method:
-    """The method of the adapter in ``folder``."""
+    """The method of the adapter in ``folder`` (its config read by :func:`read_config`)."""
     path = Path(folder) / CONFIG_FILE
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LexloraError(f"{path}: cannot read the adapter config ({exc})") from None
-    if not isinstance(config, dict):
-        raise LexloraError(f"{path}: expected a JSON object")
-    try:
-        return method_of_config(config)
-    except LexloraError as exc:
-        raise LexloraError(f"{path}: {str(exc).removeprefix(CONFIG_FILE + ': ')}") from None
+    if not path.is_file():
+        raise LexloraError(f"{path}: cannot read the adapter config (no such file)")
+    return method_of_config(read_config(path))  # read_config names the file in its errors
 
 
 def check_engine(method: str, engine: str, adapter: str) -> None:
