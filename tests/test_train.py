@@ -58,6 +58,41 @@ def test_loss_only_on_assistant_tokens(tiny_model, tmp_path):
     assert "<|im_start|>assistant" in prompt and answer not in prompt
 
 
+def test_loss_projects_only_answer_positions_and_equals_cross_entropy(
+    tiny_model, tmp_path, monkeypatch
+):
+    """TRL's fused loss projects only the labelled positions of a packed batch onto the
+    vocabulary (not every prompt token) and still gives the plain cross-entropy of the answers."""
+    import trl.trainer.utils as trl_utils
+    from rich.console import Console
+
+    from lexlora.train.trainer import setup_training
+
+    session = setup_training(make_recipe(tmp_path, tiny_model), False, Console(quiet=True))
+    trainer = session.trainer
+    projected: list[int] = []
+    fused = trl_utils._ChunkedLogProbFunction
+
+    class Counting:
+        @staticmethod
+        def apply(hidden, *args):
+            projected.append(hidden.shape[0])
+            return fused.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Counting)
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    labels = batch["labels"][:, 1:]
+    answer = labels != -100
+    reference = torch.nn.functional.cross_entropy(logits[:, :-1][answer], labels[answer])
+    assert projected == [int(answer.sum())]
+    assert projected[0] < labels.numel() / 2  # the prompts were never projected
+    assert loss.item() == pytest.approx(reference.item(), abs=1e-5)
+
+
 def test_training_writes_run_folder_and_beats_base_on_held_out(tiny_model, tmp_path):
     summary = train(make_recipe(tmp_path, tiny_model, train={"max_steps": 24}))
     run = Path(summary.run_dir)

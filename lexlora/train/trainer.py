@@ -44,6 +44,7 @@ from lexlora.train.callbacks import (
     ProgressCallback,
 )
 from lexlora.train.dataset import ensure_dataset, read_pairs, tokenized_dataset
+from lexlora.train.loss_positions import score_labelled_positions_only
 from lexlora.train.memory import check_max_length
 from lexlora.train.methods import add_new_terms
 from lexlora.train.model_setup import LoadedBase, load_base, prepare_for_training
@@ -121,6 +122,7 @@ def setup_training(recipe: Recipe, resume: bool, console: Console) -> TrainingSe
             f"train.max_length={t.max_length} and are cut to it"
         )
 
+    score_labelled_positions_only()
     interrupt = InterruptCallback()
     with _run_folder(recipe, data_dir, state, resumed) as run_dir:
         console.print(f"run: {run_dir}")
