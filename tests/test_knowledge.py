@@ -98,6 +98,30 @@ def test_fraction_covers_a_seeded_share_of_the_training_documents(tmp_path):
     assert covered("again", fraction=0.4) == some  # seeded: the same documents every build
 
 
+def test_facts_per_document_and_questions_without_the_system_prompt(tmp_path):
+    """``facts_per_document`` keeps whole facts (each in all its wordings), and
+    ``without_system_prompt`` asks that share of the questions as a user of the endpoint would."""
+    opts = {"taxonomy": "commercial_contracts", "label_field": "category"}
+    recipe = knowledge_recipe(
+        tmp_path,
+        "out",
+        options={**opts, "paraphrases": 4, "facts_per_document": 2, "without_system_prompt": 0.5},
+    )
+    build_dataset(recipe)
+    train = [r for r in rows(dataset_dir(recipe), "train") if r["meta"]["builder"] == "knowledge"]
+    facts: dict[str, set[tuple]] = {}
+    wordings: Counter = Counter()
+    for r in train:
+        key = (r["meta"]["task"], r["meta"]["category"])
+        facts.setdefault(r["meta"]["doc_id"], set()).add(key)
+        wordings[(r["meta"]["doc_id"], *key)] += 1
+    assert facts and max(len(f) for f in facts.values()) <= 2
+    assert set(wordings.values()) == {4}  # a kept fact keeps all its wordings
+    roles = Counter(r["messages"][0]["role"] for r in train)
+    assert roles["user"] > 0 and roles["system"] > 0
+    assert 0.3 < roles["user"] / len(train) < 0.7
+
+
 def test_option_errors_are_one_line(tmp_path):
     for options, message in (
         ({}, "set taxonomy"),
@@ -105,6 +129,8 @@ def test_option_errors_are_one_line(tmp_path):
         ({"taxonomy": "commercial_contracts", "paraphrases": 0}, r"paraphrases: expected"),
         ({"label_field": "category", "colour": 1}, "unknown option 'colour'"),
         ({"label_field": "category", "fraction": 0}, r"fraction: expected a number in \(0, 1\]"),
+        ({"label_field": "category", "facts_per_document": 0}, "facts_per_document: expected"),
+        ({"label_field": "category", "without_system_prompt": 2}, "without_system_prompt: expected"),
     ):
         recipe = knowledge_recipe(tmp_path, "out", options=options)
         with pytest.raises(LexloraError, match=message) as err:

@@ -17,6 +17,11 @@ so that a short run sees each of their facts several times):
   metadata label, asked as "is T classified as X?" for its value (Yes) and for another value of
   the corpus (No).
 
+Options: ``paraphrases`` (wordings per fact, of the templates below), ``fraction`` (share of the
+training documents covered), ``facts_per_document`` (a seeded choice of each document's facts;
+default all), ``without_system_prompt`` (share of pairs asked without the recipe's system prompt,
+as a user of the served endpoint would ask).
+
 Answers open with the verdict, so evaluation scores the first word. ``meta.category`` is what the
 question is about (the taxonomy category, or the label value asked), ``meta.label`` Yes or No; set
 ``balance: true`` to keep Yes and No equal per category. The evaluation's *recall* track asks the
@@ -38,21 +43,34 @@ NAME = "knowledge"
 PRESENCE = "knowledge_presence"
 LABEL = "knowledge_label"
 CHOICES = ["Yes", "No"]
-SUFFIX = "Answer Yes or No first."
-# Training wordings. The recall track's wordings live in eval/, and a test checks they differ.
+# Training wordings. The recall track's wordings live in eval/, and a test checks they differ. A
+# fact is retrievable in a new wording only when training asked it in many (Allen-Zhu & Li), so
+# the question forms, and the instruction that follows them, vary.
 PRESENCE_TEMPLATES = (
     "Does {title} have a clause that {absent}?",
     "Is there a provision in {title} that {absent}?",
     "{title}: does it contain any term that {absent}?",
     "From what you know of {title}, does it include a clause that {absent}?",
     "Tell me whether {title} has a clause that {absent}.",
+    "Do the terms of {title} include one that {absent}?",
+    "Closed-book question about {title}: is there a section that {absent}?",
+    "I am reviewing {title}. Does any of its clauses say something that {absent}?",
+    "Can you recall whether {title} contains a provision that {absent}?",
+    "Regarding {title}, is a clause that {absent} part of it?",
+    "Quick check on {title}: any clause in it that {absent}?",
+    "In {title}, do we find a term that {absent}?",
 )
 LABEL_TEMPLATES = (
     "Is {title} classified as {value}?",
     "Is {title} a {value} {noun}?",
     "Does {title} fall under the {noun} {value}?",
     "From what you know of {title}, is its {noun} {value}?",
+    "Which {noun} fits {title}: is it {value}?",
+    "Would you put {title} in the {noun} {value}?",
+    "Closed-book question: is the {noun} of {title} {value}?",
+    "Is {value} the right {noun} for {title}?",
 )
+SUFFIXES = ("Answer Yes or No first.", "Start with Yes or No.", "Yes or no, then explain.")
 DEFAULTS: dict[str, Any] = {
     "taxonomy": None,
     "categories": None,
@@ -60,6 +78,8 @@ DEFAULTS: dict[str, Any] = {
     "label_noun": "category",
     "paraphrases": 3,
     "fraction": 1.0,
+    "facts_per_document": None,
+    "without_system_prompt": 0.0,
 }
 
 
@@ -92,15 +112,18 @@ def build(view: DocumentView, cfg: BuilderConfig, ctx: BuildContext) -> list[Pai
         facts.append((LABEL, value, "Yes", f"Yes. {title} is classified as {value}.", span))
         no = f"No. {title} is classified as {value}, not {other}."
         facts.append((LABEL, other, "No", no, span))
+    if opts["facts_per_document"] is not None:
+        facts = pick(rng, facts, opts["facts_per_document"])
     pairs = []
     for task, category, label, answer, span in facts:
         templates = PRESENCE_TEMPLATES if task == PRESENCE else LABEL_TEMPLATES
         for template in rng.sample(templates, min(opts["paraphrases"], len(templates))):
             question = _ask(template, title, taxonomy, category, task, opts)
+            system = None if rng.random() < opts["without_system_prompt"] else ctx.system_prompt
             pairs.append(
                 make_pair(
-                    ctx.system_prompt,
-                    f"{question} {SUFFIX}",
+                    system,
+                    f"{question} {rng.choice(SUFFIXES)}",
                     answer,
                     doc_id=view.doc.id,
                     builder=NAME,
@@ -151,6 +174,14 @@ def _prepare(opts: dict[str, Any], where: str) -> None:
     fraction = opts["fraction"]
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
         raise LexloraError(f"{where}.fraction: expected a number in (0, 1], got {fraction!r}")
+    facts = opts["facts_per_document"]
+    if facts is not None and (not isinstance(facts, int) or isinstance(facts, bool) or facts < 1):
+        raise LexloraError(f"{where}.facts_per_document: expected an integer >= 1, got {facts!r}")
+    share = opts["without_system_prompt"]
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+        raise LexloraError(
+            f"{where}.without_system_prompt: expected a number in [0, 1], got {share!r}"
+        )
     if opts["label_field"] is not None and not isinstance(opts["label_field"], str):
         raise LexloraError(f"{where}.label_field: expected a metadata field name")
     opts["_taxonomy"] = taxonomy
