@@ -130,7 +130,7 @@ def test_option_errors_are_one_line(tmp_path):
         ({"label_field": "category", "colour": 1}, "unknown option 'colour'"),
         ({"label_field": "category", "fraction": 0}, r"fraction: expected a number in \(0, 1\]"),
         ({"label_field": "category", "facts_per_document": 0}, "facts_per_document: expected"),
-        ({"label_field": "category", "without_system_prompt": 2}, "without_system_prompt: expected"),
+        ({"label_field": "category", "without_system_prompt": 2}, "system_prompt: expected"),
     ):
         recipe = knowledge_recipe(tmp_path, "out", options=options)
         with pytest.raises(LexloraError, match=message) as err:
