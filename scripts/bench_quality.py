@@ -17,6 +17,10 @@ Per run it also records the gate verdict, the adapter's Yes-rate on each balance
 the wall time. Prints a table and writes ``reports/bench/bench_quality.json``.
 
     python scripts/bench_quality.py [--recipe legal_contracts] [--seeds 42 43 44]
+        [--set lora.target_modules=all-linear ...] [--out reports/bench/NAME.json]
+
+``--set`` overrides a recipe field for the data build and every seed (a variant measured side by
+side with the recipe as it is).
 """
 
 from __future__ import annotations
@@ -91,9 +95,9 @@ def yes_rates(metrics: EvalMetrics) -> dict[str, dict]:
     return out
 
 
-def run_seed(recipe: str, seed: int) -> dict:
+def run_seed(recipe: str, seed: int, sets: list[str]) -> dict:
     started = time.time()
-    seconds = timed([*LEXLORA, "train", recipe, "--set", f"train.seed={seed}"])
+    seconds = timed([*LEXLORA, "train", recipe, *overrides([*sets, f"train.seed={seed}"])])
     metrics, report = read_metrics(newest_run(recipe, started))
     return {
         "seed": seed,
@@ -106,10 +110,15 @@ def run_seed(recipe: str, seed: int) -> dict:
     }
 
 
-def print_table(recipe: str, data_seconds: float, runs: list[dict]) -> None:
+def overrides(sets: list[str]) -> list[str]:
+    return [arg for item in sets for arg in ("--set", item)]
+
+
+def print_table(recipe: str, data_seconds: float, runs: list[dict], sets: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    title = f" ({', '.join(sets)})" if sets else ""
     table = Table(
         "seed",
         "track",
@@ -118,7 +127,7 @@ def print_table(recipe: str, data_seconds: float, runs: list[dict]) -> None:
         "adapter",
         "Δ [95% CI]",
         "adapter Yes-rate",
-        title=f"quality, {recipe}: data build {data_seconds:.0f} s",
+        title=f"quality, {recipe}{title}: data build {data_seconds:.0f} s",
     )
     for run in runs:
         for track, row in run["tracks"].items():
@@ -144,16 +153,17 @@ def main() -> None:
     parser.add_argument("--recipe", default="legal_contracts")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--out", default="reports/bench/bench_quality.json")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE")
     args = parser.parse_args()
 
     from lexlora.io import write_json
 
-    data_seconds = timed([*LEXLORA, "data", args.recipe])
+    data_seconds = timed([*LEXLORA, "data", args.recipe, *overrides(args.sets)])
     runs: list[dict] = []
     for seed in args.seeds:  # the JSON is rewritten after each seed: a long bench keeps its runs
-        runs.append(run_seed(args.recipe, seed))
+        runs.append(run_seed(args.recipe, seed, args.sets))
         write_json(Path(args.out), summary(args, data_seconds, runs))
-    print_table(args.recipe, data_seconds, runs)
+    print_table(args.recipe, data_seconds, runs, args.sets)
     print(f"wrote {args.out}")
 
 
@@ -161,6 +171,7 @@ def summary(args: argparse.Namespace, data_seconds: float, runs: list[dict]) -> 
     return {
         "recipe": args.recipe,
         "seeds": args.seeds,
+        "overrides": args.sets,
         "complete": len(runs) == len(args.seeds),
         "data_build_seconds": round(data_seconds, 1),
         "runs": runs,

@@ -6,7 +6,10 @@ optimizer steps on the recipe's training pairs:
 - ``trl-baseline``: what one writes by hand: ``SFTTrainer(model=path, train_dataset=messages,
   peft_config=LoraConfig(q_proj, v_proj))`` with TRL's defaults (no packing);
 - ``lexlora``: lexlora's trainer with ``train.packing=false``;
-- ``lexlora-packed``: lexlora's trainer with packing (the recipe default).
+- ``lexlora-packed``: lexlora's trainer with packing (the recipe default);
+- ``lexlora-packed-all-positions``: the same, with TRL's own choice on a CPU of projecting every
+  position onto the vocabulary in the loss (lexlora projects only the labelled ones,
+  ``lexlora/train/loss_positions.py``): the speed-up of that one change, same data and steps.
 
 Tokens are counted in the data collator: all tokens in the batch (padding included) and effective
 (non-padding) tokens. Prints a table with the ratios to the baseline and writes
@@ -27,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CONFIGS = ("trl-baseline", "lexlora", "lexlora-packed")
+CONFIGS = ("trl-baseline", "lexlora", "lexlora-packed", "lexlora-packed-all-positions")
 
 
 class TokenCounter:
@@ -100,7 +103,7 @@ def run_baseline(recipe, steps: int, out: Path) -> dict:
     return measure(trainer, TokenCounter(trainer.data_collator))
 
 
-def run_lexlora(recipe, steps: int, packing: bool, out: Path) -> dict:
+def run_lexlora(recipe, steps: int, packing: bool, out: Path, all_positions: bool = False) -> dict:
     from rich.console import Console
 
     from lexlora.recipe import load_recipe
@@ -117,6 +120,11 @@ def run_lexlora(recipe, steps: int, packing: bool, out: Path) -> dict:
         ],
     )
     session = setup_training(recipe, resume=False, console=Console(quiet=True))
+    if all_positions:  # undo lexlora's choice: TRL's own decision for this device
+        import trl.kernels.chunked_logprob as chunked
+        import trl.trainer.utils as trl_utils
+
+        trl_utils._use_triton = chunked._use_triton
     trainer = session.trainer
     return measure(trainer, TokenCounter(trainer.data_collator))
 
@@ -133,7 +141,9 @@ def child(name: str, recipe_name: str, steps: int) -> None:
         if name == "trl-baseline":
             result = run_baseline(recipe, steps, Path(tmp))
         else:
-            result = run_lexlora(recipe, steps, name == "lexlora-packed", Path(tmp))
+            packed = name.startswith("lexlora-packed")
+            all_positions = name == "lexlora-packed-all-positions"
+            result = run_lexlora(recipe, steps, packed, Path(tmp), all_positions)
     print("RESULT " + json.dumps(result))
 
 

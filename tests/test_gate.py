@@ -63,6 +63,31 @@ def test_balanced_accuracy_is_blind_to_a_constant_answer():
     assert balanced_accuracy(is_yes, np.array([1.0, 0.0, 1.0, 1.0])) == pytest.approx(0.75)
 
 
+def test_a_fact_asked_in_several_wordings_counts_once_in_the_interval():
+    """Recall items of one fact (``group``) are resampled together: asking each fact in three
+    wordings that the models answer alike gives the interval of the facts asked once, not a
+    narrower one; without groups, the tripled items would look three times as many."""
+    rng = np.random.default_rng(1)
+    labels = ["Yes"] * 20 + ["No"] * 20
+    base, adapter = rng.integers(0, 2, 40).astype(float), rng.integers(0, 2, 40).astype(float)
+    once = yes_no_metrics(yes_no_items(labels), base, adapter, seed=0).balanced_accuracy
+    tripled = [
+        EvalItem(**{**item.__dict__, "id": f"{item.id}.{k}", "group": item.id})
+        for item in yes_no_items(labels)
+        for k in range(3)
+    ]
+    grouped = yes_no_metrics(tripled, np.repeat(base, 3), np.repeat(adapter, 3), 0)
+    ba = grouped.balanced_accuracy
+    assert ba.difference.mean == pytest.approx(once.difference.mean)
+    assert (ba.difference.low, ba.difference.high) == pytest.approx(
+        (once.difference.low, once.difference.high), abs=0.03
+    )
+    ungrouped = [EvalItem(**{**item.__dict__, "group": None}) for item in tripled]
+    narrow = yes_no_metrics(ungrouped, np.repeat(base, 3), np.repeat(adapter, 3), 0)
+    width = narrow.balanced_accuracy.difference.high - narrow.balanced_accuracy.difference.low
+    assert width < 0.75 * (ba.difference.high - ba.difference.low)
+
+
 def test_yes_no_options_are_scored_as_the_first_word():
     item = yes_no_items(["Yes"])[0]
     assert option_texts(item, "<end>") == ["Yes", "No"]

@@ -122,6 +122,25 @@ def test_facts_per_document_and_questions_without_the_system_prompt(tmp_path):
     assert 0.3 < roles["user"] / len(train) < 0.7
 
 
+def test_recall_asks_each_fact_in_several_held_out_wordings(tmp_path):
+    recipe = knowledge_recipe(tmp_path, "out")
+    build_dataset(recipe)
+    options = {n: dict(b.options) for n, b in recipe.data.builders.items()}
+    spec = EvalSpec(tasks={}, recall=RecallSpec(**RECALL, wordings_per_fact=2))
+    items = load_recall(spec, dataset_dir(recipe), options)
+    by_fact: dict[str, list] = {}
+    for item in items:
+        by_fact.setdefault(item.group, []).append(item)
+    assert len(by_fact) >= 10
+    for fact in by_fact.values():
+        wordings = {i.prompt[-1]["content"] for i in fact}
+        # presence facts have two wordings in RECALL, label facts one: every one is asked
+        assert len(wordings) == len(fact) == (2 if "category: " not in fact[0].category else 1)
+        assert len({(i.doc_id, i.category, i.label) for i in fact}) == 1
+    labels = Counter(fact[0].label for fact in by_fact.values())
+    assert labels["Yes"] == labels["No"]  # balanced by fact
+
+
 def test_option_errors_are_one_line(tmp_path):
     for options, message in (
         ({}, "set taxonomy"),

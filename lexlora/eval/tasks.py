@@ -47,7 +47,17 @@ class RecallSpec(BaseModel):
         "code pairs (icd_code_to_description, icd_description_to_code) give (document, code, "
         "description).",
     )
-    max_items: int = Field(240, gt=1, le=100_000, description="Balanced: half Yes, half No.")
+    max_items: int = Field(
+        240, gt=1, le=100_000, description="Facts asked: half Yes, half No (balanced)."
+    )
+    wordings_per_fact: int = Field(
+        1,
+        ge=1,
+        le=20,
+        description="Held-out wordings each fact is asked in (each wording one item; at most as "
+        "many as listed). The interval resamples whole facts, so several wordings of one fact "
+        "measure it better without counting it more than once.",
+    )
     presence: list[str] = Field(
         default_factory=list, description="Wordings with {title} and {absent}."
     )
@@ -199,6 +209,7 @@ class EvalItem:
     choices: tuple[str, ...] = ()
     label: str | None = None
     category: str | None = None  # the taxonomy category of a clause-presence item
+    group: str | None = None  # items of one group (a recall fact's wordings) are resampled together
 
 
 def option_texts(item: EvalItem, end: str) -> list[str]:
@@ -338,7 +349,8 @@ def training_questions(data_dir: Path) -> list[str]:
 
 def load_recall(spec: EvalSpec, data_dir: Path, builder_options: dict) -> list[EvalItem]:
     """The recall items: distinct facts that the first listed builder with training pairs taught,
-    each asked once in a seeded held-out wording; as many Yes as No, up to ``recall.max_items``.
+    each asked in ``recall.wordings_per_fact`` seeded held-out wordings (one item each, grouped
+    by fact); as many Yes as No facts, up to ``recall.max_items`` facts.
     A wording that equals any training question is never used. Facts are either (document,
     category → Yes/No) of yes/no pairs (a reading pair's clause label is the same fact as a
     closed-book one) or (document, code, description) of the ICD code pairs.
@@ -368,25 +380,28 @@ def load_recall(spec: EvalSpec, data_dir: Path, builder_options: dict) -> list[E
     else:
         asked = _yes_no_questions(recall, facts[source], documents, builder_options[source], rng)
     items = []
-    for n, (doc_id, wordings, label, category) in enumerate(asked):
+    for doc_id, wordings, label, category in asked:
         wordings = [f"{w} {recall.suffix}" for w in wordings]
         wordings = [w for w in wordings if w not in trained]
         if not wordings:
             continue
-        items.append(
-            EvalItem(
-                id=f"recall:{n}",
-                doc_id=doc_id,
-                task="recall",
-                builder="recall",
-                kind="choice",
-                prompt=[{"role": "user", "content": rng.choice(wordings)}],
-                reference=label,
-                choices=("Yes", "No"),
-                label=label,
-                category=category,
+        k = min(recall.wordings_per_fact, len(wordings))
+        for wording in [rng.choice(wordings)] if k == 1 else rng.sample(wordings, k):
+            items.append(
+                EvalItem(
+                    id=f"recall:{len(items)}",
+                    doc_id=doc_id,
+                    task="recall",
+                    builder="recall",
+                    kind="choice",
+                    prompt=[{"role": "user", "content": wording}],
+                    reference=label,
+                    choices=("Yes", "No"),
+                    label=label,
+                    category=category,
+                    group=f"{doc_id}|{category}",
+                )
             )
-        )
     return items
 
 

@@ -3,7 +3,8 @@
 Balanced accuracy is the mean of the accuracy on Yes items and on No items, so a model that
 always answers Yes scores 0.5 however the items are split. Intervals are percentile bootstraps
 that resample Yes and No items separately (each resample keeps both classes); the adapter − base
-difference resamples the same items for both.
+difference resamples the same items for both. Items of one ``group`` (a recall fact asked in
+several wordings) are resampled together, so a fact counts once however many wordings ask it.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def yes_no_metrics(
         n_yes=int(is_yes.sum()),
         n_no=int((~is_yes).sum()),
         accuracy=comparison(list(a), list(b), "accuracy", seed),
-        balanced_accuracy=None if one_class else _balanced(is_yes, b, a, seed),
+        balanced_accuracy=None if one_class else _balanced(is_yes, b, a, seed, groups(items)),
         yes_rate=YesRate(base=_yes_rate(is_yes, b), adapter=_yes_rate(is_yes, a)),
         by_category={
             cat: comparison([adapter[n] for n in rows], [base[n] for n in rows], "accuracy", seed)
@@ -57,16 +58,33 @@ def balanced_accuracy(is_yes: np.ndarray, correct: np.ndarray) -> float:
     return float((correct[is_yes].mean() + correct[~is_yes].mean()) / 2)
 
 
-def _balanced(is_yes: np.ndarray, b: np.ndarray, a: np.ndarray, seed: int) -> Comparison:
-    """Balanced accuracy of base and adapter: bootstraps that resample Yes and No items apart,
-    the same draws for both (so the difference is paired)."""
+def groups(items: Sequence[EvalItem]) -> np.ndarray:
+    """Each item's resampling unit, numbered in order of first appearance: its ``group`` (a
+    recall fact), else the item itself."""
+    seen: dict[str, int] = {}
+    return np.array(
+        [seen.setdefault(i.group or f"item:{n}", len(seen)) for n, i in enumerate(items)]
+    )
+
+
+def _balanced(
+    is_yes: np.ndarray, b: np.ndarray, a: np.ndarray, seed: int, units: np.ndarray
+) -> Comparison:
+    """Balanced accuracy of base and adapter: bootstraps that resample Yes and No units (items,
+    or the groups of ``units``) apart, the same draws for both (so the difference is paired)."""
     rng = np.random.default_rng(seed)
-    yes, no = np.flatnonzero(is_yes), np.flatnonzero(~is_yes)
+    size = np.bincount(units)
+    yes, no = np.unique(units[is_yes]), np.unique(units[~is_yes])
     draws_yes = yes[rng.integers(0, yes.size, size=(N_RESAMPLES, yes.size))]
     draws_no = no[rng.integers(0, no.size, size=(N_RESAMPLES, no.size))]
 
     def resampled(correct: np.ndarray) -> np.ndarray:
-        return (correct[draws_yes].mean(axis=1) + correct[draws_no].mean(axis=1)) / 2
+        total = np.bincount(units, weights=correct, minlength=size.size)
+
+        def mean(draws: np.ndarray) -> np.ndarray:
+            return total[draws].sum(axis=1) / size[draws].sum(axis=1)
+
+        return (mean(draws_yes) + mean(draws_no)) / 2
 
     rb, ra = resampled(b), resampled(a)
 
