@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lexlora.data.scrub import PII_TYPES
 from lexlora.errors import LexloraError
 from lexlora.io import dumps_canonical, sha256_text
+from lexlora.yaml_files import read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -304,21 +305,7 @@ def find_recipe(name_or_path: str) -> Path:
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
     """Load, override (``key.path=value``) and validate a recipe."""
     path = find_recipe(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise LexloraError(
-            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-            "save the recipe as UTF-8"
-        ) from None
-    except OSError as exc:
-        raise LexloraError(f"{path}: cannot read the recipe ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise LexloraError(
-            f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})"
-        ) from None
+    raw = read_yaml(path, "recipe")
     if not isinstance(raw, dict):
         raise LexloraError(f"{path}: expected a mapping of sections (data, model, lora, ...)")
     raw.setdefault("name", path.stem)

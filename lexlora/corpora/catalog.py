@@ -13,13 +13,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from lexlora.corpora.document import CorpusReadReport, Document
 from lexlora.errors import LexloraError
 from lexlora.io import read_jsonl, write_jsonl
 from lexlora.recipe import REPO_ROOT
+from lexlora.yaml_files import read_yaml
 
 
 class CorpusManifest(BaseModel):
@@ -45,9 +45,10 @@ def corpus_manifest(name: str) -> CorpusManifest:
     path = manifests_dir() / f"{name}.yaml"
     if not path.is_file():
         raise LexloraError(f"unknown corpus '{name}'; known corpora: {', '.join(list_corpora())}")
+    raw = read_yaml(path, "corpus manifest")
     try:
-        return CorpusManifest.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except (yaml.YAMLError, ValidationError) as exc:
+        return CorpusManifest.model_validate(raw)
+    except ValidationError as exc:
         first = str(exc).splitlines()[0]
         raise LexloraError(f"{path}: invalid corpus manifest ({first})") from None
 

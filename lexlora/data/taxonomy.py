@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lexlora.errors import LexloraError
 from lexlora.recipe import REPO_ROOT
+from lexlora.yaml_files import read_yaml
 
 
 class CategorySpec(BaseModel):
@@ -87,11 +87,9 @@ def load_taxonomy(name_or_path: str) -> Taxonomy:
     path = taxonomy_path(name_or_path)
     if not path.is_file():
         raise LexloraError(f"{path}: taxonomy not found (expected recipes/taxonomies/NAME.yaml)")
+    raw = read_yaml(path, "taxonomy")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         spec = TaxonomySpec.model_validate(raw)
-    except yaml.YAMLError as exc:
-        raise LexloraError(f"{path}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lexlora.artifacts.manifest import DataManifest
 from lexlora.errors import LexloraError
 from lexlora.io import read_jsonl
 from lexlora.recipe import REPO_ROOT
+from lexlora.yaml_files import read_yaml
 
 
 class TaskSpec(BaseModel):
@@ -232,8 +232,9 @@ def spec_path(recipe_name: str, tasks_file: str | None) -> Path:
 def load_spec(path: Path) -> EvalSpec:
     if not path.is_file():
         raise LexloraError(f"{path}: no evaluation task definitions (set eval.tasks_file)")
+    raw = read_yaml(path, "evaluation spec")
     try:
-        spec = EvalSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        spec = EvalSpec.model_validate(raw)
     except ValidationError as exc:
         raise LexloraError(f"{path}: {_describe(exc)}") from None
     for field in ("sanity", "general"):  # relative to the spec's folder

@@ -49,7 +49,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -62,6 +61,7 @@ from pydantic import (
 from lexlora.errors import LexloraError
 from lexlora.registry import parse_ref, validate_name
 from lexlora.serve.errors import shown
+from lexlora.yaml_files import read_yaml
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed --max-lora-rank values
@@ -202,10 +202,7 @@ def load_config(path: Path) -> ServeConfig:
     path = Path(path)
     if not path.is_file():
         raise LexloraError(f"{path}: no such serve config")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise LexloraError(f"{path}: not valid YAML ({exc})") from None
+    raw = read_yaml(path, "serve config") or {}
     if not isinstance(raw, dict):
         raise LexloraError(f"{path}: expected a mapping of keys (base_model, tenants, …)")
     return validate_config(raw, str(path))
