@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lexlora.config_errors import describe
 from lexlora.data.scrub import PII_TYPES
 from lexlora.errors import LexloraError
 from lexlora.io import dumps_canonical, sha256_text
@@ -336,40 +337,7 @@ def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        raise LexloraError(f"{source}: {_describe(exc, raw)}") from None
-
-
-def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
-    messages = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        dotted = ".".join(loc)
-        if err["type"] == "extra_forbidden":
-            valid = _valid_keys(loc[:-1])
-            hint = _closest(loc[-1], valid)
-            messages.append(f"unknown key '{dotted}'{hint}")
-        elif err["type"] == "missing":
-            messages.append(f"missing required field '{dotted}'")
-        else:  # a whole section's check (its input a mapping) says what it got in its message
-            got = err.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            messages.append(f"field '{dotted}': {err['msg'].lower()}{shown}")
-    return "; ".join(messages)
-
-
-def _valid_keys(loc: list[str]) -> list[str]:
-    """Field names of the model at ``loc`` (dict-valued fields such as builders are skipped)."""
-    model: type[BaseModel] = Recipe
-    for part in loc:
-        field = model.model_fields.get(part)
-        if field is None:
-            continue
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-        else:  # dict[str, BuilderConfig]: the next part is the builder's name
-            model = BuilderConfig
-    return list(model.model_fields)
+        raise LexloraError(f"{source}: {describe(exc, Recipe)}") from None
 
 
 def _closest(word: str, choices: list[str]) -> str:

@@ -65,7 +65,7 @@ def test_shipped_general_set_is_valid_varied_and_used_by_both_recipes():
         ({**GOOD, "choices": ["Venus", "Mercury"]}, r":2: field 'choices': expected 3 or 4"),
         ({**GOOD, "choices": ["Mars", "mars", "Mercury"]}, r":2: field 'choices': .*distinct"),
         ({**GOOD, "topic": "sport"}, r":2: field 'topic': input should be"),
-        ({**GOOD, "colour": "red"}, r":2: field 'colour': extra inputs"),
+        ({**GOOD, "colour": "red"}, r":2: unknown key 'colour'"),
         ({**GOOD, "id": "g2"}, r":2: field 'question': same as line 1"),
         ('{"id": "g2",', r":2: invalid JSON"),
     ],

@@ -273,9 +273,9 @@ def test_bad_replay_settings_are_one_line_errors(tiny_model, tmp_path, replay, m
     ("lines", "message"),
     [
         (None, "train.replay.prompts: .*missing.jsonl not found"),
-        (['{"id": "a", "prompt": "Hi?"}', '{"id": "b"}'], r":2: field 'prompt': field required"),
+        (['{"id": "a", "prompt": "Hi?"}', '{"id": "b"}'], r":2: missing required field 'prompt'"),
         (['{"id": "a", "prompt": "Hi?"}', '{"id": "a", "prompt": "Yo?"}'], "duplicate id 'a'"),
-        (['{"id": "a", "prompt": "Hi?", "answer": "x"}'], "field 'answer': extra inputs"),
+        (['{"id": "a", "prompt": "Hi?", "answer": "x"}'], "unknown key 'answer'"),
         (["[1]"], r"train.replay.prompts: .*prompts.jsonl:1: expected a JSON object"),
     ],
 )

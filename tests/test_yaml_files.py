@@ -38,3 +38,25 @@ def test_non_utf8_yaml_is_one_line(tmp_path, what):
     with pytest.raises(LexloraError, match=rf"not UTF-8 text .*save the {what} as UTF-8") as err:
         LOADERS[what](str(path) if what != "evaluation spec" else Path(path))
     assert "\n" not in str(err.value)
+
+
+def test_every_mistake_is_named_on_one_line_with_the_closest_key():
+    """One formatter for every config: all errors at once, a did-you-mean found through nested
+    models and dicts of models (a builder's options, a tenant), the bad value cut short."""
+    with pytest.raises(LexloraError) as err:
+        load_recipe(
+            "legal_contracts",
+            ["lora.rnak=4", "data.builders.knowledge.weigth=2", f"train.max_steps={'9' * 200}x"],
+        )
+    message = str(err.value)
+    assert "unknown key 'lora.rnak' (did you mean 'rank'?)" in message
+    assert "unknown key 'data.builders.knowledge.weigth' (did you mean 'weight'?)" in message
+    assert "field 'train.max_steps'" in message and "characters)" in message
+    assert "\n" not in message and message.count(";") == 2
+
+
+def test_a_serve_config_names_the_tenant_key(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text("base_model: m\ntenants:\n  acme:\n    keys: [k]\n    max_lora: 2\n")
+    with pytest.raises(LexloraError, match=r"unknown key 'tenants\.acme\.max_lora'"):
+        load_config(path)

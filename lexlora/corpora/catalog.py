@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from lexlora.config_errors import describe
 from lexlora.corpora.document import CorpusReadReport, Document
 from lexlora.errors import LexloraError
 from lexlora.io import read_jsonl, write_jsonl
@@ -49,8 +50,9 @@ def corpus_manifest(name: str) -> CorpusManifest:
     try:
         return CorpusManifest.model_validate(raw)
     except ValidationError as exc:
-        first = str(exc).splitlines()[0]
-        raise LexloraError(f"{path}: invalid corpus manifest ({first})") from None
+        raise LexloraError(
+            f"{path}: invalid corpus manifest: {describe(exc, CorpusManifest)}"
+        ) from None
 
 
 def ensure_installed(manifest: CorpusManifest) -> None:

@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lexlora.config_errors import describe
 from lexlora.errors import LexloraError
 from lexlora.recipe import REPO_ROOT
 from lexlora.yaml_files import read_yaml
@@ -91,9 +92,7 @@ def load_taxonomy(name_or_path: str) -> Taxonomy:
     try:
         spec = TaxonomySpec.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise LexloraError(f"{path}: field '{where}': {err['msg'].lower()}") from None
+        raise LexloraError(f"{path}: {describe(exc, TaxonomySpec)}") from None
     seen: set[str] = set()
     categories = []
     for n, cat in enumerate(spec.categories):

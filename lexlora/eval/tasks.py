@@ -22,6 +22,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lexlora.artifacts.manifest import DataManifest
+from lexlora.config_errors import describe
 from lexlora.errors import LexloraError
 from lexlora.io import read_jsonl
 from lexlora.recipe import REPO_ROOT
@@ -177,7 +178,7 @@ def read_rows(path: Path, model: type[Row], unique: tuple[str, ...] = ()) -> lis
             try:
                 row = model.model_validate_json(line)
             except ValidationError as exc:
-                raise LexloraError(f"{path}:{lineno}: {_describe(exc)}") from None
+                raise LexloraError(f"{path}:{lineno}: {describe(exc, model)}") from None
             for name in unique:
                 key = (name, str(getattr(row, name)).strip().lower())
                 if key in seen:
@@ -185,16 +186,6 @@ def read_rows(path: Path, model: type[Row], unique: tuple[str, ...] = ()) -> lis
                 seen[key] = lineno
             rows.append(row)
     return rows
-
-
-def _describe(exc: ValidationError) -> str:
-    """The first error of a validation as ``field 'a.b': what was expected`` (one line)."""
-    err = exc.errors()[0]
-    if err["type"] == "json_invalid":
-        return f"invalid JSON ({err['ctx'].get('error', 'malformed')})"
-    where = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"field '{where}': {msg[0].lower() + msg[1:]}" if where else msg
 
 
 @dataclass(frozen=True)
@@ -236,7 +227,7 @@ def load_spec(path: Path) -> EvalSpec:
     try:
         spec = EvalSpec.model_validate(raw)
     except ValidationError as exc:
-        raise LexloraError(f"{path}: {_describe(exc)}") from None
+        raise LexloraError(f"{path}: {describe(exc, EvalSpec)}") from None
     for field in ("sanity", "general"):  # relative to the spec's folder
         if getattr(spec, field) is not None:
             setattr(spec, field, str(path.parent / getattr(spec, field)))

@@ -44,7 +44,6 @@ Keys are never stored in clear: a tenant lists the sha256 hex digests of its API
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -58,9 +57,9 @@ from pydantic import (
     model_validator,
 )
 
+from lexlora.config_errors import describe
 from lexlora.errors import LexloraError
 from lexlora.registry import parse_ref, validate_name
-from lexlora.serve.errors import shown
 from lexlora.yaml_files import read_yaml
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -212,25 +211,4 @@ def validate_config(raw: dict[str, Any], source: str = "<serve config>") -> Serv
     try:
         return ServeConfig.model_validate(raw)
     except ValidationError as exc:
-        raise LexloraError(f"{source}: {_describe(exc)}") from None
-
-
-def _describe(exc: ValidationError) -> str:
-    messages = []
-    for err in exc.errors():
-        dotted = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            model = TenantConfig if len(err["loc"]) > 1 else ServeConfig
-            match = difflib.get_close_matches(str(err["loc"][-1]), list(model.model_fields), n=1)
-            hint = f" (did you mean '{match[0]}'?)" if match else ""
-            messages.append(f"unknown key '{dotted}'{hint}")
-        elif err["type"] == "missing":
-            messages.append(f"missing required key '{dotted}'")
-        elif not dotted:  # a check across keys names them itself
-            messages.append(err["msg"].removeprefix("Value error, "))
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            got = err.get("input")
-            echo = "" if isinstance(got, dict | list) else f" (got {shown(got)})"
-            messages.append(f"key '{dotted}': {msg}{echo}")
-    return "; ".join(messages)
+        raise LexloraError(f"{source}: {describe(exc, ServeConfig, noun='key')}") from None

@@ -6,7 +6,7 @@ import json
 
 from pydantic import BaseModel
 
-SHOWN_CHARS = 80  # how much of a rejected value an error message echoes
+from lexlora.config_errors import shown  # noqa: F401  (serve modules import it from here)
 
 
 class ErrorDetail(BaseModel):
@@ -20,12 +20,6 @@ class ErrorBody(BaseModel):
     """Every error response: ``{"error": {"message", "type", "param", "code"}}``."""
 
     error: ErrorDetail
-
-
-def shown(value: object, limit: int = SHOWN_CHARS) -> str:
-    """``repr(value)``, cut to ``limit`` characters (a 1.7 MB ``stop`` list is not echoed)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
 
 
 class ApiError(Exception):

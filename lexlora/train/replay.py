@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from transformers import GenerationConfig
 
 from lexlora.artifacts.pairs import Pair, make_pair
+from lexlora.config_errors import describe
 from lexlora.errors import LexloraError
 from lexlora.io import dumps_canonical, read_jsonl, sha256_file, sha256_text, write_jsonl
 from lexlora.models import lexlora_home
@@ -107,11 +108,7 @@ def load_prompts(name: str) -> tuple[Path, list[ReplayPrompt]]:
         try:
             prompt = ReplayPrompt.model_validate(row)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "line"
-            raise LexloraError(
-                f"{FIELD}: {path}:{n}: field '{where}': {err['msg'].lower()}"
-            ) from None
+            raise LexloraError(f"{FIELD}: {path}:{n}: {describe(exc, ReplayPrompt)}") from None
         if prompt.id in seen:
             raise LexloraError(f"{FIELD}: {path}:{n}: duplicate id '{prompt.id}'")
         seen.add(prompt.id)
