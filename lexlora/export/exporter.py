@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,6 +47,7 @@ from lexlora.models import resolve_base_model
 from lexlora.quiet import quiet_libraries
 from lexlora.recipe import Recipe, validate_recipe
 from lexlora.registry import AdapterStore, AdapterVersion, validate_name
+from lexlora.yaml_files import read_yaml
 
 COMBINE_METHODS = ("linear", "cat", "svd", "ties")
 SAME_RANK_METHODS = ("linear", "ties")
@@ -82,7 +82,7 @@ def load_run(run_dir: Path) -> tuple[Recipe, AdapterFolder]:
     recipe_file = run_dir / "recipe.yaml"
     if not recipe_file.is_file():
         raise LexloraError(f"{run_dir}: not a lexlora run folder (no recipe.yaml)")
-    recipe = validate_recipe(yaml.safe_load(recipe_file.read_text()), source=str(recipe_file))
+    recipe = validate_recipe(read_yaml(recipe_file, "run's recipe"), source=str(recipe_file))
     if not (run_dir / "adapter").is_dir():
         raise LexloraError(f"{run_dir}: the run has no adapter/ (unfinished or interrupted run)")
     return recipe, read_adapter(run_dir / "adapter")
