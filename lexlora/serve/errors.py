@@ -6,8 +6,6 @@ import json
 
 from pydantic import BaseModel
 
-from lexlora.config_errors import shown  # noqa: F401  (serve modules import it from here)
-
 
 class ErrorDetail(BaseModel):
     message: str

@@ -28,7 +28,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from lexlora.serve.errors import bad_request, shown
+from lexlora.config_errors import shown
+from lexlora.serve.errors import bad_request
 
 MAX_STOP_SEQUENCES = 16
 MAX_PROMPTS = 128  # prompts in one completion request
