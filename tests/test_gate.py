@@ -82,6 +82,10 @@ def test_a_fact_asked_in_several_wordings_counts_once_in_the_interval():
     assert (ba.difference.low, ba.difference.high) == pytest.approx(
         (once.difference.low, once.difference.high), abs=0.03
     )
+    plain = yes_no_metrics(yes_no_items(labels), base, adapter, seed=0).accuracy.difference
+    acc = grouped.accuracy.difference
+    assert acc.mean == pytest.approx(plain.mean)
+    assert (acc.low, acc.high) == pytest.approx((plain.low, plain.high), abs=0.03)
     ungrouped = [EvalItem(**{**item.__dict__, "group": None}) for item in tripled]
     narrow = yes_no_metrics(ungrouped, np.repeat(base, 3), np.repeat(adapter, 3), 0)
     width = narrow.balanced_accuracy.difference.high - narrow.balanced_accuracy.difference.low

@@ -44,7 +44,7 @@ def yes_no_metrics(
         n=len(items),
         n_yes=int(is_yes.sum()),
         n_no=int((~is_yes).sum()),
-        accuracy=comparison(list(a), list(b), "accuracy", seed),
+        accuracy=_accuracy(items, b, a, seed),
         balanced_accuracy=None if one_class else _balanced(is_yes, b, a, seed, groups(items)),
         yes_rate=YesRate(base=_yes_rate(is_yes, b), adapter=_yes_rate(is_yes, a)),
         by_category={
@@ -67,24 +67,44 @@ def groups(items: Sequence[EvalItem]) -> np.ndarray:
     )
 
 
+def _accuracy(items: Sequence[EvalItem], b: np.ndarray, a: np.ndarray, seed: int) -> Comparison:
+    """Accuracy; items of one group (a recall fact's wordings) are resampled together."""
+    if not any(item.group for item in items):
+        return comparison(list(a), list(b), "accuracy", seed)
+    every = np.ones(len(items), dtype=bool)
+    return _stratified([every], b, a, seed, groups(items), "accuracy")
+
+
 def _balanced(
     is_yes: np.ndarray, b: np.ndarray, a: np.ndarray, seed: int, units: np.ndarray
 ) -> Comparison:
     """Balanced accuracy of base and adapter: bootstraps that resample Yes and No units (items,
     or the groups of ``units``) apart, the same draws for both (so the difference is paired)."""
+    return _stratified([is_yes, ~is_yes], b, a, seed, units, "balanced_accuracy")
+
+
+def _stratified(
+    strata: list[np.ndarray],
+    b: np.ndarray,
+    a: np.ndarray,
+    seed: int,
+    units: np.ndarray,
+    metric: str,
+) -> Comparison:
+    """The mean over ``strata`` (item masks) of each stratum's accuracy, for base and adapter,
+    with bootstraps that resample each stratum's units apart, the same draws for both."""
     rng = np.random.default_rng(seed)
     size = np.bincount(units)
-    yes, no = np.unique(units[is_yes]), np.unique(units[~is_yes])
-    draws_yes = yes[rng.integers(0, yes.size, size=(N_RESAMPLES, yes.size))]
-    draws_no = no[rng.integers(0, no.size, size=(N_RESAMPLES, no.size))]
+    pools = [np.unique(units[mask]) for mask in strata]
+    draws = [pool[rng.integers(0, pool.size, size=(N_RESAMPLES, pool.size))] for pool in pools]
 
     def resampled(correct: np.ndarray) -> np.ndarray:
         total = np.bincount(units, weights=correct, minlength=size.size)
+        means = [total[d].sum(axis=1) / size[d].sum(axis=1) for d in draws]
+        return np.mean(means, axis=0)
 
-        def mean(draws: np.ndarray) -> np.ndarray:
-            return total[draws].sum(axis=1) / size[draws].sum(axis=1)
-
-        return (mean(draws_yes) + mean(draws_no)) / 2
+    def point(correct: np.ndarray) -> float:
+        return float(np.mean([correct[mask].mean() for mask in strata]))
 
     rb, ra = resampled(b), resampled(a)
 
@@ -94,12 +114,12 @@ def _balanced(
 
     def stat(mean: float, samples: np.ndarray) -> Stat:
         low, high = interval(samples)
-        return Stat(mean=mean, low=low, high=high, n=int(is_yes.size))
+        return Stat(mean=mean, low=low, high=high, n=int(units.size))
 
-    base_ba, adapter_ba = balanced_accuracy(is_yes, b), balanced_accuracy(is_yes, a)
+    base_ba, adapter_ba = point(b), point(a)
     low, high = interval(ra - rb)
     return Comparison(
-        metric="balanced_accuracy",
+        metric=metric,
         base=stat(base_ba, rb),
         adapter=stat(adapter_ba, ra),
         difference=Difference(
