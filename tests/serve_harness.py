@@ -1,5 +1,6 @@
 """The serving suites' harness: adapters published for two tenants, a real gateway process with
-either engine (``embedded`` or ``vllm``) and the client calls the checks make.
+any engine (``embedded``, ``vllm``, or ``vllm-replicas``: two vLLM replicas behind vllm-router)
+and the client calls the checks make.
 
 Tenants: ``acme`` (``contracts``, the default adapter list, and ``clauses``, ``wide``) and ``beta``
 (``filings``, two keys). The checks every engine must pass are in test_serve_api.py, parametrised
@@ -35,7 +36,11 @@ PROMPT = "The Customer shall pay"
 N = 16  # completion tokens in the comparisons
 MAX_LORAS = 3
 MAX_QUEUE = 4  # the embedded server's
-ENGINES = [pytest.param("embedded"), pytest.param("vllm", marks=NEEDS_VLLM)]  # for parametrize
+ENGINES = [  # for parametrize
+    pytest.param("embedded"),
+    pytest.param("vllm", marks=NEEDS_VLLM),
+    pytest.param("vllm-replicas", marks=NEEDS_VLLM),  # 2 vLLM replicas behind vllm-router
+]
 
 
 @dataclass
@@ -119,9 +124,10 @@ ENGINE_CONFIG: dict[str, dict[str, Any]] = {
         "vllm_startup_timeout": 400,
     },
 }
-START_TIMEOUT = {"embedded": 180, "vllm": 450}  # seconds until /health answers
-POST_TIMEOUT = {"embedded": 60, "vllm": 120}  # seconds, of Server.post
-CLIENT_TIMEOUT = {"embedded": openai.DEFAULT_TIMEOUT, "vllm": 120}  # of Server.client
+ENGINE_CONFIG["vllm-replicas"] = {**ENGINE_CONFIG["vllm"], "replicas": 2}
+START_TIMEOUT = {"embedded": 180, "vllm": 450, "vllm-replicas": 600}  # until /health answers
+POST_TIMEOUT = {"embedded": 60, "vllm": 120, "vllm-replicas": 120}  # seconds, of Server.post
+CLIENT_TIMEOUT = {"embedded": openai.DEFAULT_TIMEOUT, "vllm": 120, "vllm-replicas": 120}
 
 
 @contextmanager

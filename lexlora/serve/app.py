@@ -143,6 +143,7 @@ def create_app(
 
     @app.get("/metrics")
     async def prometheus() -> Response:
+        await engine.refresh_stats()
         return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.get("/v1/models", response_model=ModelList, responses=_errors(401))

@@ -32,6 +32,15 @@ Keys are never stored in clear: a tenant lists the sha256 hex digests of its API
     vllm_kv_cache_gib: 1                  # VLLM_CPU_KVCACHE_SPACE (CPU builds)
     vllm_startup_timeout: 300             # seconds to wait for the child's /health
     vllm_args: [--max-num-seqs, "16"]     # extra arguments for the child server
+    # engine: vllm scaled out (lexlora.serve.engines.vllm_replicas): replicas behind vllm-router
+    replicas: 2                           # start N vLLM children (each on its share of the CPU
+                                          #   cores or GPUs) and a vllm-router in front
+    vllm_urls: [http://10.0.0.5:8000, …]  # or: replicas that already run (the router too, with
+    router_url: http://10.0.0.4:30000     #   router_url; without it lexlora starts one)
+    router_policy: consistent_hash        # or round_robin (no adapter affinity; benchmarks)
+    adapter_dir: /shared/lexlora-adapters # the resolver folder lexlora fills and the replicas read
+                                          #   (VLLM_LORA_RESOLVER_CACHE_DIR); default: a private
+                                          #   temporary folder (children only)
     admin_key_sha256: 9f86d08…            # optional: enables /admin/*
     runs_dir: runs                        # training runs on /ui's dashboard (admin key)
     reports_dir: reports                  # evaluation reports /ui serves read-only (relative
@@ -123,6 +132,11 @@ class ServeConfig(BaseModel):
     vllm_kv_cache_gib: float = Field(1.0, gt=0)
     vllm_startup_timeout: float = Field(300.0, gt=0)
     vllm_args: list[str] = []
+    replicas: int | None = Field(None, ge=1, le=64)
+    vllm_urls: list[str] = []
+    router_url: str | None = None
+    router_policy: Literal["consistent_hash", "round_robin"] = "consistent_hash"
+    adapter_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     admin_key_sha256: str | None = None
@@ -142,12 +156,18 @@ class ServeConfig(BaseModel):
             raise ValueError(f"expected one of {', '.join(map(str, VLLM_LORA_RANKS))}")
         return value
 
-    @field_validator("vllm_url")
+    @field_validator("vllm_url", "router_url")
     @classmethod
     def _vllm_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
-            raise ValueError("expected an http(s)://HOST:PORT URL")
-        return None if value is None else value.rstrip("/")
+        return None if value is None else _check_url(value)
+
+    @field_validator("vllm_urls")
+    @classmethod
+    def _vllm_urls(cls, values: list[str]) -> list[str]:
+        urls = [_check_url(v) for v in values]
+        if len(set(urls)) != len(urls):
+            raise ValueError("a replica is listed twice")
+        return urls
 
     @field_validator("model_name")
     @classmethod
@@ -170,6 +190,7 @@ class ServeConfig(BaseModel):
                 f"default_max_tokens ({self.default_max_tokens}) is above max_tokens "
                 f"({self.max_tokens})"
             )
+        self._check_scale_out()
         tenants = max(1, len(self.tenants))
         if self.queue_share * tenants > self.max_queue:
             raise ValueError(
@@ -178,10 +199,42 @@ class ServeConfig(BaseModel):
             )
         return self
 
+    def _check_scale_out(self) -> None:
+        scale_out = {"replicas", "vllm_urls", "router_url", "adapter_dir"} & self.model_fields_set
+        if not scale_out:
+            return
+        first = sorted(scale_out)[0]
+        if self.engine != "vllm":
+            raise ValueError(f"{first} needs engine: vllm")
+        if self.vllm_url:
+            raise ValueError(f"{first} and vllm_url exclude each other (vllm_url is one server)")
+        if self.replicas and self.vllm_urls:
+            raise ValueError("replicas (children lexlora starts) and vllm_urls exclude each other")
+        if not self.replicas and not self.vllm_urls:
+            raise ValueError(f"{first} needs replicas: N or vllm_urls: [...]")
+        if self.router_url and not self.vllm_urls:
+            raise ValueError("router_url needs vllm_urls (the replicas behind it)")
+        if self.vllm_urls and self.adapter_dir is None:
+            raise ValueError(
+                "vllm_urls needs adapter_dir: the folder those replicas read as "
+                "VLLM_LORA_RESOLVER_CACHE_DIR"
+            )
+
+    @property
+    def scaled_out(self) -> bool:
+        """Replicas behind a router (``replicas`` or ``vllm_urls``)."""
+        return bool(self.replicas or self.vllm_urls)
+
     @property
     def queue_share(self) -> int:
         """Queue places reserved for each tenant."""
         return self.max_queue_per_tenant or max(1, self.max_queue // max(1, len(self.tenants)))
+
+
+def _check_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ValueError("expected an http(s)://HOST:PORT URL")
+    return value.rstrip("/")
 
 
 def check_tenant_name(name: str) -> str:

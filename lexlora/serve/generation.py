@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -255,10 +256,14 @@ async def respond(gw: Gateway, job: Job, http: Request, ticket: Ticket) -> Respo
         ticket.release()
         raise
 
+    started = time.perf_counter()
+
     def release() -> None:
         ticket.release()
         if name is not None:
             gw.residency.release(name)
+        latency = gw.metrics.adapter_latency.labels(job.tenant, job.target.label)
+        latency.observe(time.perf_counter() - started)
 
     gw.metrics.adapter_requests.labels(job.tenant, job.target.label).inc()
     streams = [gw.engine.stream(dataclasses.replace(r, adapter=name)) for r in job.requests]
@@ -275,13 +280,14 @@ async def respond(gw: Gateway, job: Job, http: Request, ticket: Ticket) -> Respo
     if results is None:  # the client is gone: nobody reads this
         return Response(status_code=499)
     for result in results:
-        _count_tokens(gw, job.tenant, result.prompt_tokens, result.completion_tokens)
+        _count_tokens(gw, job, result.prompt_tokens, result.completion_tokens)
     return JSONResponse(job.format.whole(results))
 
 
-def _count_tokens(gw: Gateway, tenant: str, prompt: int, completion: int) -> None:
-    gw.metrics.prompt_tokens.labels(tenant).inc(prompt)
-    gw.metrics.generated_tokens.labels(tenant).inc(completion)
+def _count_tokens(gw: Gateway, job: Job, prompt: int, completion: int) -> None:
+    gw.metrics.prompt_tokens.labels(job.tenant).inc(prompt)
+    gw.metrics.generated_tokens.labels(job.tenant).inc(completion)
+    gw.metrics.adapter_tokens.labels(job.tenant, job.target.label).inc(completion)
 
 
 async def _wait_for_disconnect(http: Request) -> None:
@@ -329,7 +335,7 @@ async def _sse_body(
             if isinstance(event, TextDelta):
                 yield fmt.delta(event)
                 continue
-            _count_tokens(gw, job.tenant, event.prompt_tokens, event.completion_tokens)
+            _count_tokens(gw, job, event.prompt_tokens, event.completion_tokens)
             yield fmt.finish(event)
             if job.include_usage:
                 yield fmt.usage(event.prompt_tokens, event.completion_tokens)

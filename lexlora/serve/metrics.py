@@ -6,13 +6,20 @@ byte, streams included), ``lexlora_generated_tokens_total{tenant}``,
 ``lexlora_queue_depth`` (admitted, unfinished requests) and the engine's live gauges
 ``lexlora_engine_waiting_rows``, ``lexlora_engine_running_rows``,
 ``lexlora_engine_generated_tokens`` (every token decoded, cancelled rows included),
-``lexlora_engine_peak_batch_rows`` and ``lexlora_resident_adapters``.
+``lexlora_engine_peak_batch_rows`` and ``lexlora_resident_adapters``; per adapter
+``lexlora_adapter_generated_tokens_total{tenant,adapter}`` and
+``lexlora_adapter_latency_seconds{tenant,adapter}`` (p50/p99 by ``histogram_quantile``); for a
+scaled-out engine, per replica (its own ``/metrics`` and its supervisor):
+``lexlora_replica_up{replica}``, ``lexlora_replica_restarts_total{replica}``,
+``lexlora_replica_requests_total{replica}``, ``lexlora_replica_prompt_tokens_total{replica}``,
+``lexlora_replica_generation_tokens_total{replica}`` and
+``lexlora_replica_adapter_loads_total{replica,adapter}`` (cold loads by vLLM's resolver).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,6 +30,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lexlora.serve.engines.base import EngineStats
@@ -59,6 +68,20 @@ class Metrics:
             ["tenant", "adapter"],
             registry=r,
         )
+        self.adapter_tokens = Counter(
+            "lexlora_adapter_generated_tokens",
+            "Completion tokens returned by tenant and adapter",
+            ["tenant", "adapter"],
+            registry=r,
+        )
+        self.adapter_latency = Histogram(
+            "lexlora_adapter_latency_seconds",
+            "Time from admission to the last token, by tenant and adapter",
+            ["tenant", "adapter"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        r.register(ReplicaCollector(engine_stats))
         gauges = {
             "lexlora_queue_depth": ("Admitted requests not finished", queue_depth),
             "lexlora_engine_waiting_rows": ("Rows waiting for the engine", lambda: stats().waiting),
@@ -82,6 +105,44 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ReplicaCollector(Collector):
+    """Each replica of a scaled-out engine (nothing for one engine process)."""
+
+    def __init__(self, engine_stats: Callable[[], EngineStats]) -> None:
+        self._stats = engine_stats
+
+    def collect(self) -> Iterator[Metric]:
+        replicas = self._stats().replicas
+        up = GaugeMetricFamily("lexlora_replica_up", "1 while it serves", labels=["replica"])
+        counters = {
+            field: CounterMetricFamily(f"lexlora_replica_{field}", doc, labels=["replica"])
+            for field, doc in REPLICA_COUNTERS.items()
+        }
+        loads = CounterMetricFamily(
+            "lexlora_replica_adapter_loads",
+            "Adapter cold loads by the replica's LoRA resolver",
+            labels=["replica", "adapter"],
+        )
+        for replica in replicas:
+            up.add_metric([replica.replica], float(replica.up))
+            for field, family in counters.items():
+                family.add_metric([replica.replica], float(getattr(replica, field)))
+            for adapter, count in sorted(replica.adapter_loads.items()):
+                loads.add_metric([replica.replica, adapter], count)
+        if replicas:
+            yield up
+            yield from counters.values()
+            yield loads
+
+
+REPLICA_COUNTERS = {
+    "restarts": "Times lexlora started the replica again",
+    "requests": "Requests the replica finished (its vllm:request_success_total)",
+    "prompt_tokens": "Prompt tokens the replica processed",
+    "generation_tokens": "Tokens the replica generated",
+}
 
 
 class MetricsMiddleware:

@@ -122,6 +122,20 @@ class Generation:
 
 
 @dataclass
+class ReplicaStats:
+    """One replica of a scaled-out engine, as its own ``/metrics`` and its supervisor say."""
+
+    replica: str  # its index
+    url: str
+    up: bool
+    restarts: int
+    requests: float  # finished requests it counted
+    prompt_tokens: float
+    generation_tokens: float
+    adapter_loads: dict[str, int]  # cold loads per internal adapter name (children only)
+
+
+@dataclass
 class EngineStats:
     """Live counters for /metrics."""
 
@@ -130,6 +144,7 @@ class EngineStats:
     generated_tokens: int = 0
     peak_batch: int = 0  # most rows ever decoded in one forward pass
     resident_adapters: list[str] = field(default_factory=list)
+    replicas: list[ReplicaStats] = field(default_factory=list)  # scaled-out engines
 
 
 class Engine(ABC):
@@ -171,6 +186,9 @@ class Engine(ABC):
 
     def stats(self) -> EngineStats:
         return EngineStats()
+
+    async def refresh_stats(self) -> None:  # noqa: B027 - most engines have nothing to fetch
+        """Fetch what :meth:`stats` reports from elsewhere (a scaled-out engine's replicas)."""
 
     def health(self) -> dict[str, Any]:
         """What ``/health`` reports for the engine: ``state`` is ``ok`` when it takes requests

@@ -41,7 +41,6 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,6 +84,7 @@ from lexlora.serve.engines.vllm_process import (
     describe_exit,
     find_vllm_python,
     model_positions,
+    wait_healthy,
 )
 from lexlora.serve.launch import free_port
 
@@ -125,7 +125,7 @@ class VllmEngine(Engine):
         self.tokenizer = AutoTokenizer.from_pretrained(base_path)  # the gateway's too
         self._attached_url = url.rstrip("/") if url else None
         self._url = self._attached_url
-        self._python = None if url else find_vllm_python(python)
+        self._python = self._find_python(python, url)
         positions = model_positions(base_path)
         length = max_model_len or max_context or min(positions or DEFAULT_MODEL_LEN, 2048)
         self._model_len = min(length, positions) if positions else length
@@ -155,6 +155,10 @@ class VllmEngine(Engine):
         self._generated = 0
 
     # -- life cycle -----------------------------------------------------------------------------
+
+    def _find_python(self, python: Path | None, url: str | None) -> Path | None:
+        """vLLM's Python for the child (None when attached by URL)."""
+        return None if url else find_vllm_python(python)
 
     @property
     def max_context(self) -> int:
@@ -224,8 +228,12 @@ class VllmEngine(Engine):
         except BaseException:
             await self.close()
             raise
-        self._supervisor = Supervisor(_Handle(self), self._on_down, **self._supervision)
         self._state = OK
+        self._watch_servers()
+
+    def _watch_servers(self) -> None:
+        """Start watching the server (restarting a dead child, noticing one that is back)."""
+        self._supervisor = Supervisor(_Handle(self), self._on_down, **self._supervision)
         self._watch = asyncio.create_task(self._supervisor.run())
 
     async def _launch(self) -> None:
@@ -250,23 +258,15 @@ class VllmEngine(Engine):
         return "\n".join(list(self._tail)[-lines:])
 
     async def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self._startup_timeout
-        while True:
-            if self._child is not None and (code := self._child.exit_code()) is not None:
-                await asyncio.sleep(0.2)  # let the reader catch the last lines
-                raise LexloraError(
-                    f"the vLLM server exited ({describe_exit(code)}) while starting; "
-                    f"its last output:\n{self.output_tail(60)}"
-                )
-            if await self._probe():
-                return
-            if time.monotonic() > deadline:
-                where = "started" if self._child is not None else f"at {self._url}"
-                raise LexloraError(
-                    f"the vLLM server {where} was not healthy after "
-                    f"{self._startup_timeout:g} s (vllm_startup_timeout)"
-                )
-            await asyncio.sleep(0.5)
+        child = self._child
+        where = "started" if child is not None else f"at {self._url}"
+        await wait_healthy(
+            self._probe,
+            lambda: child.exit_code() if child is not None else None,
+            lambda: self.output_tail(60),
+            self._startup_timeout,
+            f"the vLLM server {where}",
+        )
 
     async def _probe(self) -> bool:
         try:
@@ -430,14 +430,17 @@ class VllmEngine(Engine):
     async def unload_adapter(self, name: str) -> None:
         if name not in self._adapters:
             return
+        await self._unload_from_vllm(name)
+        self._adapters.pop(name, None)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp / name, ignore_errors=True)
+
+    async def _unload_from_vllm(self, name: str) -> None:
         if self._supervisor is not None and self._supervisor.state == OK:
             response = await self._post("/v1/unload_lora_adapter", {"lora_name": name})
             if response.status_code not in (200, 404):  # 404: vLLM does not know it (any more)
                 raise EngineError(f"vLLM could not unload the adapter: {message(response)}")
         # else the server is down: it is simply not loaded again
-        self._adapters.pop(name, None)
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp / name, ignore_errors=True)
 
     async def _post(self, path: str, body: dict) -> httpx.Response:
         try:
@@ -450,6 +453,10 @@ class VllmEngine(Engine):
     def completion_body(self, request: GenerationRequest) -> dict[str, Any]:
         """The vLLM /v1/completions body for ``request``."""
         return completion_body(request, request.adapter or self._base_name or self.base_path)
+
+    def route_headers(self, request: GenerationRequest) -> dict[str, str]:
+        """Extra HTTP headers of ``request``'s call to vLLM (none for one server)."""
+        return {}
 
     def _compatible(self, a: str, b: str) -> bool:
         return compatible(a, b, base_scores_batch=self._base_scores_batch)
@@ -491,7 +498,9 @@ class VllmEngine(Engine):
     async def _generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         row = RowEvents(request, self._decode)
         body = self.completion_body(request)
-        async with self._http().stream("POST", "/v1/completions", json=body) as response:
+        headers = self.route_headers(request)
+        http = self._http()
+        async with http.stream("POST", "/v1/completions", json=body, headers=headers) as response:
             if response.status_code != 200:
                 await response.aread()
                 raise self._error(response.status_code, message(response), request)
@@ -514,12 +523,15 @@ class VllmEngine(Engine):
                     self._generated += len(row.generated) - before
                     if row.done:
                         return
+            else:  # the stream ended without [DONE]: the server went away mid-answer
+                raise self._unreachable("ended an answer early")
         for event in row.finish():
             yield event
 
     async def _score(self, request: GenerationRequest) -> dict[str, Any]:
         """vLLM's unstreamed answer for a row that scores its prompt."""
-        response = await self._http().post("/v1/completions", json=self.completion_body(request))
+        body, headers = self.completion_body(request), self.route_headers(request)
+        response = await self._http().post("/v1/completions", json=body, headers=headers)
         if response.status_code != 200:
             raise self._error(response.status_code, message(response), request)
         answer = response.json()

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -92,12 +92,47 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
+async def wait_healthy(
+    probe: Callable[[], Awaitable[bool]],
+    exit_code: Callable[[], int | None],
+    output: Callable[[], str],
+    timeout: float,
+    what: str,
+) -> None:
+    """Return once ``probe()`` says healthy; a LexloraError when the process exits first (with
+    its last ``output()``) or after ``timeout`` seconds (``vllm_startup_timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if (code := exit_code()) is not None:
+            await asyncio.sleep(0.2)  # let the reader catch the last lines
+            exited = f"{what} exited ({describe_exit(code)}) while starting"
+            raise LexloraError(f"{exited}; its last output:\n{output()}")
+        if await probe():
+            return
+        if time.monotonic() > deadline:
+            raise LexloraError(f"{what} was not healthy after {timeout:g} s (vllm_startup_timeout)")
+        await asyncio.sleep(0.5)
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Linux: SIGTERM the child if the gateway dies without closing it (PR_SET_PDEATHSIG)."""
     with contextlib.suppress(Exception):
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def _before_exec(cpus: frozenset[int] | None) -> Callable[[], None] | None:
+    """What the child runs before exec: die with the gateway (Linux) and keep to ``cpus``."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def setup() -> None:  # pragma: no cover - runs in the child before exec
+        _die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
 
 
 class ChildServer:
@@ -110,12 +145,20 @@ class ChildServer:
         env: dict[str, str],
         tail: collections.deque,
         markers: Sequence[str] = (),
+        *,
+        label: str = "vLLM",
+        prefix: str = "vllm",
+        cpus: frozenset[int] | None = None,
+        on_line: Callable[[str], None] | None = None,
     ) -> None:
         self.command = list(command)
         self._tail = tail
         self._markers = tuple(markers)
+        self._prefix = prefix
+        self._on_line = on_line
         self.seen: set[str] = set()
-        sys.stderr.write(f"[lexlora] starting vLLM: {' '.join(self.command)}\n")
+        where = f" on cores {','.join(map(str, sorted(cpus)))}" if cpus else ""
+        sys.stderr.write(f"[lexlora] starting {label}{where}: {' '.join(self.command)}\n")
         self.proc = subprocess.Popen(
             self.command,
             env=env,
@@ -123,7 +166,7 @@ class ChildServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: the engine core goes with it
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=_before_exec(cpus),
         )
         self._reader = threading.Thread(target=self._forward_output, daemon=True)
         self._reader.start()
@@ -142,8 +185,11 @@ class ChildServer:
             line = raw.decode("utf-8", "replace").rstrip()
             self._tail.append(line)
             self.seen.update(m for m in self._markers if m in line)
+            if self._on_line is not None:
+                with contextlib.suppress(Exception):
+                    self._on_line(line)
             with contextlib.suppress(Exception):
-                sys.stderr.write(f"[vllm] {line}\n")
+                sys.stderr.write(f"[{self._prefix}] {line}\n")
                 sys.stderr.flush()
 
     def kill(self) -> None:
