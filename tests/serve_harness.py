@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 from serve_reference import random_adapter
-from support import NEEDS_VLLM, VLLM_PYTHON
+from support import NEEDS_VLLM, NEEDS_VLLM_ROUTER, VLLM_PYTHON
 
 from lexlora.artifacts.adapter import base_config_hash
 from lexlora.export.exporter import export_run
@@ -39,7 +39,7 @@ MAX_QUEUE = 4  # the embedded server's
 ENGINES = [  # for parametrize
     pytest.param("embedded"),
     pytest.param("vllm", marks=NEEDS_VLLM),
-    pytest.param("vllm-replicas", marks=NEEDS_VLLM),  # 2 vLLM replicas behind vllm-router
+    pytest.param("vllm-replicas", marks=NEEDS_VLLM_ROUTER),  # 2 vLLM replicas behind vllm-router
 ]
 
 

@@ -223,3 +223,10 @@ NEEDS_VLLM = [  # pytest marks of every test that starts a real vLLM server
         reason=".venv-vllm does not exist: run `make setup-vllm` to test the vLLM engine",
     ),
 ]
+NEEDS_VLLM_ROUTER = [  # and of every test that starts vLLM replicas behind vllm-router
+    *NEEDS_VLLM,
+    pytest.mark.skipif(
+        not (VLLM_PYTHON.parent / "vllm-router").exists(),
+        reason="vllm-router is not in .venv-vllm: run `make setup-vllm` to test replicas",
+    ),
+]
