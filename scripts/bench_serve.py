@@ -15,6 +15,13 @@ flatters the naive server: 1.4x instead of 3.1x in one measurement). Scenarios:
 - hot-load latency: ``/admin/adapters/unload`` then ``/admin/adapters/load`` of one adapter, per
   engine (median of a few).
 
+With ``--replicas 1,2`` it measures scale-out instead (needs ``make setup-vllm``): the same mixed
+workload through ``engine: vllm`` with ``replicas: N`` behind vllm-router, for each N, with
+adapter affinity (``consistent_hash`` on the adapter's name) and, for N ≥ 2, with
+``round_robin``; only the base model is warmed, so the adapters' cold loads happen under load and
+are counted from the gateway's ``lexlora_replica_adapter_loads_total``. Ratios are against the
+1-replica row of the same run. Writes reports/bench/bench_serve_replicas.json.
+
 Throughput is completion tokens per second of wall time; latency is per request (p50, p99).
 Target: embedded mixed ≥ 3x embedded naive at 8 clients over 4 adapters.
 Adapters: the newest ``runs/legal_contracts/*/adapter`` exported K times with different
@@ -22,12 +29,14 @@ Adapters: the newest ``runs/legal_contracts/*/adapter`` exported K times with di
 reports/bench/bench_serve.json.
 
     python scripts/bench_serve.py [--clients 8] [--adapters 4] [--requests 4] [--max-tokens 32]
+    python scripts/bench_serve.py --replicas 1,2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -154,6 +163,83 @@ def warm(url: str, models: list[str]) -> None:
         r.raise_for_status()
 
 
+def replica_counts(url: str) -> tuple[int, list[int]]:
+    """Adapter loads the replicas' resolver made, and requests per replica (the gateway's
+    /metrics)."""
+    text = httpx.get(url + "/metrics", timeout=60).text
+
+    def values(series: str) -> list[int]:
+        lines = [ln for ln in text.splitlines() if ln.startswith(series + "{")]
+        return [int(float(ln.rsplit(" ", 1)[1])) for ln in lines]
+
+    return sum(values("lexlora_replica_adapter_loads_total")), values(
+        "lexlora_replica_requests_total"
+    )
+
+
+def scale_out(args, console: Console, common: dict, adapters: list[str], tmp: Path) -> None:
+    """The same mixed workload through 1..N replicas, with affinity and with round robin."""
+    vllm_python = ROOT / ".venv-vllm" / "bin" / "python"
+    if not (vllm_python.parent / "vllm-router").exists():
+        raise SystemExit("--replicas needs .venv-vllm with vllm-router: run `make setup-vllm`")
+    counts = [int(n) for n in args.replicas.split(",")]
+    load = (args.clients, args.requests, args.max_tokens)
+    results: dict[str, dict] = {}
+    for n in counts:
+        for policy in ("consistent_hash", "round_robin") if n > 1 else ("consistent_hash",):
+            name = f"{n} replica{'s' if n > 1 else ''}" + (
+                ", round robin" if policy == "round_robin" else ""
+            )
+            extra = {
+                "engine": "vllm",
+                "vllm_python": str(vllm_python),
+                "max_model_len": 2048,
+                "replicas": n,
+                "router_policy": policy,
+            }
+            console.print(f"[bold]{name}[/]: starting the gateway …", highlight=False)
+            folder = f"replicas-{n}-{policy}"
+            with gateway({**common, **extra}, tmp, folder, timeout=900) as url:
+                warm(url, ["base"])
+                _, warmed = replica_counts(url)
+                result = asyncio.run(drive(url, adapters, *load))
+                result["cold_loads"], served = replica_counts(url)
+                result["requests_per_replica"] = [
+                    a - b for a, b in zip(served, warmed, strict=True)
+                ]
+                results[name] = result
+                console.print(f"  {len(adapters)} adapters: {result}", highlight=False)
+    one = results[f"{counts[0]} replica{'s' if counts[0] > 1 else ''}"]
+    table = Table(
+        "scenario", "per replica", "tokens/s", "x first", "p50 s", "p99 s", "cold loads",
+        title=f"{args.clients} clients, {args.adapters} adapters, {args.max_tokens} tokens/request",
+    )  # fmt: skip
+    for name, r in results.items():
+        r["throughput_vs_first"] = round(r["tokens_per_s"] / one["tokens_per_s"], 2)
+        table.add_row(
+            name,
+            "/".join(map(str, r["requests_per_replica"])),
+            str(r["tokens_per_s"]),
+            f"{r['throughput_vs_first']}x",
+            str(r["p50_s"]),
+            str(r["p99_s"]),
+            str(r["cold_loads"]),
+        )
+    console.print(table)
+    write_json(
+        Path(args.out.replace("bench_serve.json", "bench_serve_replicas.json")),
+        {
+            "base_model": args.base,
+            "clients": args.clients,
+            "adapters": args.adapters,
+            "requests_per_client": args.requests,
+            "max_tokens": args.max_tokens,
+            "cpu_cores": len(os.sched_getaffinity(0)),
+            "results": results,
+        },
+    )
+
+
 def hot_load_ms(url: str, name: str, repeats: int = 5) -> float:
     headers = {"Authorization": f"Bearer {ADMIN}"}
     ref = {"tenant": "bench", "ref": name}
@@ -176,6 +262,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (embedded)")
     parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument(
+        "--replicas", help="scale-out: replica counts to compare (e.g. 1,2) through vllm-router"
+    )
     parser.add_argument("--out", default="reports/bench/bench_serve.json")
     args = parser.parse_args()
     if not 1 <= args.adapters <= len(SCALES):
@@ -203,6 +292,9 @@ def main() -> None:
             "admin_key_sha256": sha(ADMIN),
             "tenants": {"bench": {"api_key_sha256": [sha(KEY)]}},
         }
+        if args.replicas:
+            scale_out(args, console, common, adapters, tmp)
+            return
         load = (args.clients, args.requests, args.max_tokens)
         scenarios = [
             ("embedded", {}),

@@ -161,3 +161,54 @@ def complete(srv: Server, model: str, key: str = ACME_KEY, **kw) -> str:
     kw.setdefault("temperature", 0)
     prompt = kw.pop("prompt", PROMPT)
     return srv.client(key).completions.create(model=model, prompt=prompt, **kw).choices[0].text
+
+
+# --- scoring: echo, logprobs ------------------------------------------------------------------
+
+TOLERANCE = 1e-4  # served log-probs vs one unpadded HF + PEFT forward pass
+
+
+def score(srv: Server, model: str, prompt, k: int = 3, **extra) -> dict:
+    """Score ``prompt`` (echo, max_tokens 0), retrying while the tenant's queue share is used."""
+    body = {"model": model, "prompt": prompt, "echo": True, "logprobs": k, "max_tokens": 0}
+    for _ in range(400):
+        r = srv.post("/v1/completions", {**body, **extra})
+        if r.status_code != 429:
+            break
+        time.sleep(0.05)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def assert_scores_equal(choice: dict, ids: list[int], reference, tok, k: int) -> None:
+    """The echoed prompt's log-probs equal ``reference`` ([len(ids), vocab] log_softmax)."""
+    lp = choice["logprobs"]
+    assert len(lp["tokens"]) == len(ids) and lp["token_logprobs"][0] is None
+    assert lp["top_logprobs"][0] is None and lp["text_offset"][0] == 0
+    for i in range(1, len(ids)):
+        assert abs(lp["token_logprobs"][i] - reference[i - 1, ids[i]].item()) < TOLERANCE
+        values, best = reference[i - 1].topk(k)
+        expected: dict[str, float] = {}
+        for token, value in zip(best.tolist(), values.tolist(), strict=True):
+            expected.setdefault(tok.decode([token]), value)  # one text, the better log-prob
+        top = lp["top_logprobs"][i]
+        assert all(abs(top[text] - value) < TOLERANCE for text, value in expected.items())
+        assert set(top) - set(expected) <= {lp["tokens"][i]}  # plus the prompt's own token
+    tokens = lp["tokens"]
+    assert [lp["text_offset"][i + 1] - lp["text_offset"][i] for i in range(len(ids) - 1)] == [
+        len(t) for t in tokens[:-1]
+    ]
+
+
+def verify_acme(server: Server, published: Published, tiny_model: Path) -> list:
+    """``lexlora serve verify``'s checks of acme's base, contracts:1 and clauses."""
+    from lexlora.serve.verify import run_verify
+
+    return run_verify(
+        server.url,
+        ACME_KEY,
+        models=["base", "contracts:1", "clauses"],
+        store=published.store_dir,
+        base=str(tiny_model),
+        tenant="acme",
+    )

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,9 +22,12 @@ from serve_harness import (
     MAX_QUEUE,
     OLD_BETA_KEY,
     PROMPT,
+    TOLERANCE,
     N,
     Server,
+    assert_scores_equal,
     complete,
+    score,
     serve,
 )
 from serve_reference import offline_logprobs, offline_model
@@ -63,40 +65,6 @@ def test_mixed_batch_rows_equal_each_alone(server):
 
 
 # --- scoring: echo, logprobs, token-id prompts ----------------------------------------------------
-
-TOLERANCE = 1e-4  # served log-probs vs one unpadded HF + PEFT forward pass
-
-
-def score(srv: Server, model: str, prompt, k: int = 3, **extra) -> dict:
-    """Score ``prompt`` (echo, max_tokens 0), retrying while the tenant's queue share is used."""
-    body = {"model": model, "prompt": prompt, "echo": True, "logprobs": k, "max_tokens": 0}
-    for _ in range(400):
-        r = srv.post("/v1/completions", {**body, **extra})
-        if r.status_code != 429:
-            break
-        time.sleep(0.05)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def assert_scores_equal(choice: dict, ids: list[int], reference, tok, k: int) -> None:
-    """The echoed prompt's log-probs equal ``reference`` ([len(ids), vocab] log_softmax)."""
-    lp = choice["logprobs"]
-    assert len(lp["tokens"]) == len(ids) and lp["token_logprobs"][0] is None
-    assert lp["top_logprobs"][0] is None and lp["text_offset"][0] == 0
-    for i in range(1, len(ids)):
-        assert abs(lp["token_logprobs"][i] - reference[i - 1, ids[i]].item()) < TOLERANCE
-        values, best = reference[i - 1].topk(k)
-        expected: dict[str, float] = {}
-        for token, value in zip(best.tolist(), values.tolist(), strict=True):
-            expected.setdefault(tok.decode([token]), value)  # one text, the better log-prob
-        top = lp["top_logprobs"][i]
-        assert all(abs(top[text] - value) < TOLERANCE for text, value in expected.items())
-        assert set(top) - set(expected) <= {lp["tokens"][i]}  # plus the prompt's own token
-    tokens = lp["tokens"]
-    assert [lp["text_offset"][i + 1] - lp["text_offset"][i] for i in range(len(ids) - 1)] == [
-        len(t) for t in tokens[:-1]
-    ]
 
 
 def test_echo_scores_equal_offline_log_softmax_for_every_variant(

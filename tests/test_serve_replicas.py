@@ -23,8 +23,20 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from serve_harness import ACME_KEY, ADMIN_KEY, BETA_KEY, PROMPT, N, Server, complete, serve
-from serve_reference import offline, random_adapter
+from serve_harness import (
+    ACME_KEY,
+    ADMIN_KEY,
+    BETA_KEY,
+    PROMPT,
+    N,
+    Server,
+    assert_scores_equal,
+    complete,
+    score,
+    serve,
+    verify_acme,
+)
+from serve_reference import offline, offline_logprobs, random_adapter
 from support import NEEDS_VLLM_ROUTER
 
 from lexlora.artifacts.adapter import base_config_hash
@@ -49,6 +61,11 @@ def replica_urls(server: Server) -> list[str]:
     )
     ports = dict(found)
     return [f"http://127.0.0.1:{ports[i]}" for i in sorted(ports)]
+
+
+def router_url(server: Server) -> str:
+    port = re.findall(r"starting vllm-router: .*? --port (\d+)", server.log.read_text())[-1]
+    return f"http://127.0.0.1:{port}"
 
 
 def replica_pid(url: str) -> int:
@@ -108,6 +125,23 @@ def direct(url: str, model: str, ids: list[int], n: int = N) -> str:
 # --- affinity, resolver, isolation ---------------------------------------------------------------
 
 
+def test_no_tenant_key_opens_a_replica_or_the_router(server):
+    """Replicas listen on 127.0.0.1 with their own random key, and the router passes the caller's
+    key through: no tenant key reaches a model around the gateway."""
+    complete(server, "contracts")
+    name = internal_name(server, "acme--contracts--v1")
+    for url in [*replica_urls(server), router_url(server)]:
+        assert httpx.get(url + "/health", timeout=30).status_code == 200
+        for key in (None, ACME_KEY, "EMPTY"):
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            body = {"model": name, "prompt": [1, 2], "max_tokens": 1}
+            r = httpx.post(url + "/v1/completions", json=body, headers=headers, timeout=30)
+            assert r.status_code == 401, (url, key, r.text)
+            load = {"lora_name": "x", "lora_path": "/tmp"}
+            r = httpx.post(url + "/v1/load_lora_adapter", json=load, headers=headers, timeout=30)
+            assert r.status_code == 401, (url, key, r.text)
+
+
 def test_each_adapters_requests_land_on_one_replica_and_load_there_once(server):
     assert len(replica_urls(server)) == 2
     for model, key in (("contracts", ACME_KEY), ("filings", BETA_KEY), ("clauses", ACME_KEY)):
@@ -137,6 +171,24 @@ def test_any_replica_serves_any_adapter_as_the_router_and_peft_do(
     for url in replica_urls(server):  # the one that has it, and the other one (a cold load)
         assert direct(url, name, ids) == through_router
     assert through_router == offline(tiny_model, ids, [(published.contracts.path, 1.0)])
+
+
+def test_prompt_scores_and_verify_through_the_router_equal_hf_peft(
+    server, published, tiny_model, tok
+):
+    ids = tok("The Customer shall pay all fees within thirty days of the invoice")["input_ids"]
+    for model, parts in (("base", []), ("contracts", [(published.contracts.path, 1.0)])):
+        choice = score(server, model, ids)["choices"][0]
+        assert_scores_equal(choice, ids, offline_logprobs(tiny_model, ids, parts), tok, 3)
+    checks = verify_acme(server, published, tiny_model)
+    assert [c.ok for c in checks] == [True, True, True]
+
+
+def test_prompts_and_ranks_beyond_the_replicas_limits_are_clear_400s(server):
+    r = server.post("/v1/completions", {"model": "contracts", "prompt": "word " * 600})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
+    r = server.post("/v1/completions", {"model": "wide", "prompt": PROMPT, "max_tokens": 2})
+    assert r.status_code == 400 and "max_lora_rank" in r.json()["error"]["message"], r.text
 
 
 def test_names_made_by_clients_never_reach_a_replica(server):
@@ -288,5 +340,6 @@ def test_a_killed_replica_fails_in_flight_with_503_and_every_tenant_is_still_ser
         assert time.monotonic() < deadline, health
         time.sleep(2)
     assert sum(r["restarts"] for r in health["replicas"]) == 1
+    assert health["router"]["restarts"] == 0  # a replica down is not a router down
     assert victim in replica_urls(server)
     assert complete(server, "contracts") == before_texts["contracts"]

@@ -32,6 +32,7 @@ from serve_harness import (
     Server,
     complete,
     serve,
+    verify_acme,
 )
 from support import NEEDS_VLLM, VLLM_PYTHON
 from transformers import AutoTokenizer
@@ -173,16 +174,7 @@ def test_verify_matches_hf_peft_through_the_vllm_gateway(server, published, tiny
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "base" in out.stdout and "filings" in out.stdout and "MISMATCH" not in out.stdout
-    from lexlora.serve.verify import run_verify
-
-    checks = run_verify(
-        server.url,
-        ACME_KEY,
-        models=["base", "contracts:1", "clauses"],
-        store=published.store_dir,
-        base=str(tiny_model),
-        tenant="acme",
-    )
+    checks = verify_acme(server, published, tiny_model)
     assert [c.ok for c in checks] == [True, True, True]
     assert all(len(c.samples) == 4 for c in checks)
 

@@ -134,8 +134,10 @@ class ServedProcess:
         cpus: frozenset[int] | None = None,
         startup_timeout: float = 300.0,
         headers: dict[str, str] | None = None,
+        health_path: str = "/health",
     ) -> None:
         self.label = label
+        self.health_path = health_path
         self.url = url
         self.command = list(command) if command is not None else None
         self.attached = command is None
@@ -188,7 +190,7 @@ class ServedProcess:
     async def probe(self) -> bool:
         try:
             async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
-                response = await client.get(self.url + "/health", headers=self._headers)
+                response = await client.get(self.url + self.health_path, headers=self._headers)
         except httpx.HTTPError:
             return False
         return response.status_code == 200
@@ -338,8 +340,9 @@ class ReplicatedVllmEngine(VllmEngine):
                         headers=headers,
                     )
                 )
+        # the router's /health is 503 while any replica is down: /liveness says it runs
         if self._router_url:
-            self._router = ServedProcess("vllm-router", self._router_url)
+            self._router = ServedProcess("vllm-router", self._router_url, health_path="/liveness")
         else:
             port = free_port()
             self._router = ServedProcess(
@@ -348,6 +351,7 @@ class ReplicatedVllmEngine(VllmEngine):
                 command=self.router_command(port, free_port()),
                 env=dict(os.environ),
                 startup_timeout=self._startup_timeout,
+                health_path="/liveness",
             )
 
     async def _launch(self) -> None:
