@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 from serve_harness import (
     ACME_KEY,
     ADMIN_KEY,
@@ -41,6 +42,7 @@ from support import NEEDS_VLLM_ROUTER
 
 from lexlora.artifacts.adapter import base_config_hash
 from lexlora.registry import AdapterStore
+from lexlora.serve.launch import serve_process
 
 pytestmark = NEEDS_VLLM_ROUTER
 
@@ -83,13 +85,17 @@ def replica_pid(url: str) -> int:
     raise AssertionError(f"no vLLM replica on port {port}")
 
 
+def replica_environ(url: str, name: str) -> str:
+    """One variable of the replica's environment."""
+    environ = (Path("/proc") / str(replica_pid(url)) / "environ").read_bytes().split(b"\0")
+    values = [i.split(b"=", 1)[1].decode() for i in environ if i.startswith(name.encode() + b"=")]
+    assert values, f"the replica has no {name}"
+    return values[0]
+
+
 def replica_key(url: str) -> str:
     """The replica's own API key (in its environment; no tenant has it)."""
-    environ = (Path("/proc") / str(replica_pid(url)) / "environ").read_bytes().split(b"\0")
-    for item in environ:
-        if item.startswith(b"VLLM_API_KEY="):
-            return item.split(b"=", 1)[1].decode()
-    raise AssertionError("the replica has no VLLM_API_KEY")
+    return replica_environ(url, "VLLM_API_KEY")
 
 
 def served(url: str) -> float:
@@ -275,6 +281,35 @@ def test_an_adapter_published_after_start_up_is_served(
     assert server.post("/admin/adapters/reload", {}, ADMIN_KEY).status_code == 200
     ids = tok(PROMPT)["input_ids"]
     assert complete(server, "fresh") == offline(tiny_model, ids, [(fresh, 1.0)])
+
+
+def test_more_gateways_attach_to_running_replicas_with_or_without_their_router(
+    server, published, tiny_model, tmp_path, monkeypatch
+):
+    """Stateless gateways: two more gateways serve the same replicas through the same adapter
+    folder, one through the running router (``router_url``), one with a router of its own; they
+    answer as the first one does, and stopping them deletes nothing they did not create."""
+    urls = replica_urls(server)
+    adapter_dir = Path(replica_environ(urls[0], "VLLM_LORA_RESOLVER_CACHE_DIR"))
+    monkeypatch.setenv("VLLM_API_KEY", replica_key(urls[0]))  # the key the replicas were given
+    expected = {
+        m: complete(server, m, key=k) for m, k in (("contracts", ACME_KEY), ("filings", BETA_KEY))
+    }
+    config = yaml.safe_load((server.log.parent / "serve.yaml").read_text())
+    config = {k: v for k, v in config.items() if k not in ("replicas", "router_policy")}
+    config |= {"vllm_urls": urls, "adapter_dir": str(adapter_dir)}
+    before = sorted(p.name for p in adapter_dir.iterdir())
+    for extra in ({"router_url": router_url(server)}, {}):
+        folder = tmp_path / ("with-router" if extra else "own-router")
+        folder.mkdir()
+        with serve_process({**config, **extra}, folder, timeout=300) as other:
+            health = httpx.get(other.url + "/health", timeout=30).json()["engine"]
+            assert health["mode"] == "attached replicas" and health["replicas_up"] == 2
+            attached = Server("vllm-replicas", other.url, other.process, other.log, 120, 120)
+            for model, key in (("contracts", ACME_KEY), ("filings", BETA_KEY)):
+                assert complete(attached, model, key=key) == expected[model]
+        assert sorted(p.name for p in adapter_dir.iterdir()) == before  # nothing deleted
+    assert complete(server, "contracts") == expected["contracts"]
 
 
 # --- runs last: kills a replica ------------------------------------------------------------------
