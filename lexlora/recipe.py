@@ -16,7 +16,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lexlora.config_errors import describe
-from lexlora.data.scrub import PII_TYPES
 from lexlora.errors import LexloraError
 from lexlora.io import dumps_canonical, sha256_text
 from lexlora.yaml_files import read_yaml
@@ -50,6 +49,9 @@ class CleanConfig(_Section):
     near_duplicate_threshold: float = Field(0.9, gt=0, le=1, description="MinHash Jaccard.")
     minhash_num_perm: int = Field(128, ge=16, le=4096)
     shingle_words: int = Field(5, ge=1, le=64)
+
+
+PII_TYPES: tuple[str, ...] = ("EMAIL", "PHONE", "SSN", "MRN", "DOB", "ADDRESS", "IP", "CARD")
 
 
 class ScrubConfig(_Section):
@@ -278,6 +280,11 @@ class Recipe(_Section):
     def data_hash(self) -> str:
         """sha256 of the ``data`` section: the dataset is stale when this changes."""
         return sha256_text(dumps_canonical(self.data.model_dump(mode="json")))
+
+    @property
+    def dataset_dir(self) -> Path:
+        """Where ``lexlora data`` writes this recipe's dataset: ``data.output_dir/NAME``."""
+        return Path(self.data.output_dir) / self.name
 
 
 # --- loading ------------------------------------------------------------------------------------

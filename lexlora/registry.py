@@ -213,7 +213,7 @@ class AdapterStore:
 
     def __init__(self, root: Path | None = None) -> None:
         if root is None:
-            from lexlora.models import lexlora_home
+            from lexlora.home import lexlora_home
 
             root = lexlora_home() / "adapters"
         self.root = Path(root).expanduser().resolve()

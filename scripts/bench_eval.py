@@ -28,7 +28,6 @@ from rich.console import Console
 from rich.table import Table
 
 from lexlora.artifacts.run import latest_run_dir
-from lexlora.data.build import dataset_dir
 from lexlora.eval.runner import evaluate
 from lexlora.eval.targets import EvalTarget, scorer_for
 from lexlora.io import write_json
@@ -39,7 +38,7 @@ from lexlora.recipe import load_recipe
 
 def timed(recipe, scorer, label: str, out: Path) -> dict:
     start = time.perf_counter()
-    result = evaluate(recipe, scorer, dataset_dir(recipe), label, out_root=out, log=lambda _: None)
+    result = evaluate(recipe, scorer, recipe.dataset_dir, label, out_root=out, log=lambda _: None)
     seconds = time.perf_counter() - start
     items = result.metrics.items
     n = items.choice + items.open + items.sanity + items.recall + items.general

@@ -71,11 +71,10 @@ def run_baseline(recipe, steps: int, out: Path) -> dict:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from lexlora.data.build import dataset_dir
     from lexlora.io import read_jsonl
     from lexlora.models import resolve_base_model
 
-    rows = read_jsonl(dataset_dir(recipe) / "train.jsonl")
+    rows = read_jsonl(recipe.dataset_dir / "train.jsonl")
     # A hand-written TRL script trains chat messages; plain-text reading rows are left out.
     data = Dataset.from_list([{"messages": row["messages"]} for row in rows if "messages" in row])
     args = SFTConfig(

@@ -14,7 +14,6 @@ from test_eval import run_recipe
 
 from lexlora.adapter_methods import load_adapted
 from lexlora.artifacts.adapter import ENGINES, read_new_tokens
-from lexlora.data.build import dataset_dir
 from lexlora.errors import LexloraError
 from lexlora.eval.local import load_local_scorer
 from lexlora.eval.runner import evaluate
@@ -96,7 +95,7 @@ def test_every_method_evaluates_against_the_same_true_base(runs, tmp_path):
         (tmp_path / method).mkdir()
         recipe = run_recipe(run, tmp_path / method)
         scorer = load_local_scorer(recipe.model.base, run / "adapter")
-        result = evaluate(recipe, scorer, dataset_dir(recipe), method, out_root=tmp_path / "r")
+        result = evaluate(recipe, scorer, recipe.dataset_dir, method, out_root=tmp_path / "r")
         base_scores[method] = result.metrics.headline["answer_nll"].base.mean
         scales = [point.scale for point in result.metrics.sweep]
         assert scales == ([0.0, 0.5, 1.0] if method == "lora" else [1.0])

@@ -11,14 +11,14 @@ import yaml
 from support import folder_recipe, write_contract_folder
 
 from lexlora.corpora.licenses import read_license_documents
-from lexlora.data.build import build_dataset, dataset_dir
+from lexlora.data.build import build_dataset
 from lexlora.data.clause_detect import detect
 from lexlora.data.clean import flatten
 from lexlora.data.gold import load_gold, score_detector
 from lexlora.data.segment import split_clauses
-from lexlora.data.taxonomy import load_taxonomy
 from lexlora.errors import LexloraError
 from lexlora.recipe import REPO_ROOT
+from lexlora.taxonomy import load_taxonomy
 
 SUBLICENSE = {
     "id": "sublicensing",
@@ -155,7 +155,7 @@ def test_builder_yes_with_evidence_no_with_statement_balanced(tmp_path):
         tmp_path, "out", options={"taxonomy": "commercial_contracts", "gold": [str(gold)]}
     )
     manifest = build_dataset(recipe)
-    out = dataset_dir(recipe)
+    out = recipe.dataset_dir
     docs = {d["id"]: d for d in map(json.loads, (out / "documents.jsonl").read_text().splitlines())}
     pairs = read_pairs(out)
     assert pairs and all(p["meta"]["builder"] == "clause_presence" for p in pairs)

@@ -10,7 +10,6 @@ import torch
 import yaml
 
 from lexlora.artifacts.metrics import EvalMetrics
-from lexlora.data.build import dataset_dir
 from lexlora.eval.local import load_local_scorer
 from lexlora.eval.runner import evaluate
 from lexlora.eval.tasks import EvalItem
@@ -67,7 +66,7 @@ def test_option_scores_with_shared_prompt_cache_equal_full_forward_passes(scorer
 
 def test_eval_writes_report_with_intervals_and_a_verified_sweep(tiny_run, scorer, tmp_path):
     recipe = run_recipe(tiny_run, tmp_path)
-    result = evaluate(recipe, scorer, dataset_dir(recipe), "tiny", out_root=tmp_path / "reports")
+    result = evaluate(recipe, scorer, recipe.dataset_dir, "tiny", out_root=tmp_path / "reports")
     m = result.metrics
     for name in ("metrics.json", "report.md", "report.html", "headline.png", "strength.png"):
         assert (result.report_dir / name).is_file(), name
@@ -92,7 +91,7 @@ def test_eval_writes_report_with_intervals_and_a_verified_sweep(tiny_run, scorer
 
 def test_items_from_training_documents_are_refused(tiny_run, scorer, tmp_path):
     recipe = run_recipe(tiny_run, tmp_path)
-    data = dataset_dir(recipe)
+    data = recipe.dataset_dir
     leaked = tmp_path / "data" / recipe.name
     leaked.mkdir(parents=True)
     for name in ("manifest.json", "documents.jsonl", "train.jsonl", "validation.jsonl"):

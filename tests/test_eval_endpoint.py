@@ -7,7 +7,6 @@ import pytest
 import yaml
 from test_eval import run_recipe
 
-from lexlora.data.build import dataset_dir
 from lexlora.eval.endpoint import EndpointScorer
 from lexlora.eval.local import load_local_scorer
 from lexlora.eval.runner import evaluate
@@ -50,7 +49,7 @@ def scorers_and_items(endpoint, tiny_model, tiny_run, tmp_path):
     remote = EndpointScorer(endpoint, KEY, "base", "contracts", str(tiny_model))
     local = load_local_scorer(str(tiny_model), tiny_run / "adapter")
     spec = load_spec(spec_path(recipe.name, recipe.eval.tasks_file))
-    items, _ = select_items(dataset_dir(recipe), spec, seed=0)
+    items, _ = select_items(recipe.dataset_dir, spec, seed=0)
     return remote, local, items
 
 
@@ -82,7 +81,7 @@ def test_endpoint_eval_writes_a_report(endpoint, tiny_model, tiny_run, tmp_path)
     recipe = run_recipe(tiny_run, tmp_path, SPEC)
     recipe = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"sweep": [1.0]})})
     remote = EndpointScorer(endpoint, KEY, "base", "contracts", str(tiny_model))
-    result = evaluate(recipe, remote, dataset_dir(recipe), "contracts", out_root=tmp_path / "r")
+    result = evaluate(recipe, remote, recipe.dataset_dir, "contracts", out_root=tmp_path / "r")
     head = result.metrics.headline
     assert {"choice_accuracy", "token_f1"} <= set(head), result.metrics.items
     assert "answer_nll" in head and remote.echo_supported is True  # by echo log-likelihood

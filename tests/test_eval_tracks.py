@@ -145,14 +145,13 @@ def eval_recipe(run: Path, tmp_path: Path, general: Path = GENERAL):
 
 
 def test_forgetting_on_general_questions_is_a_gated_headline_family(tiny_run, tmp_path):
+    from lexlora.artifacts.metrics_text import track_text
     from lexlora.cli.common import console, print_headline
-    from lexlora.data.build import dataset_dir
-    from lexlora.eval.report import track_text
     from lexlora.eval.runner import evaluate
 
     recipe = eval_recipe(tiny_run, tmp_path)
     result = evaluate(
-        recipe, ForgetfulScorer(), dataset_dir(recipe), "stub", out_root=tmp_path / "r"
+        recipe, ForgetfulScorer(), recipe.dataset_dir, "stub", out_root=tmp_path / "r"
     )
     m = result.metrics
     accuracy, nll = m.headline["general_accuracy"], m.headline["general_answer_nll"]
@@ -184,7 +183,6 @@ def test_forgetting_on_general_questions_is_a_gated_headline_family(tiny_run, tm
 
 
 def test_general_track_on_a_tiny_model_has_intervals_and_is_gated(tiny_run, tmp_path):
-    from lexlora.data.build import dataset_dir
     from lexlora.eval.local import load_local_scorer
     from lexlora.eval.runner import evaluate
 
@@ -195,7 +193,7 @@ def test_general_track_on_a_tiny_model_has_intervals_and_is_gated(tiny_run, tmp_
         update={"eval": recipe.eval.model_copy(update={"gate_min_items": 10})}
     )
     scorer = load_local_scorer(recipe.model.base, tiny_run / "adapter")
-    m = evaluate(recipe, scorer, dataset_dir(recipe), "tiny", out_root=tmp_path / "r").metrics
+    m = evaluate(recipe, scorer, recipe.dataset_dir, "tiny", out_root=tmp_path / "r").metrics
     for name in ("general_accuracy", "general_answer_nll"):
         row = m.headline[name]
         for side in (row.base, row.adapter):
@@ -261,8 +259,8 @@ def template_questions() -> set[str]:
     questions and the ICD builders' questions about a document with one code and every note."""
     from lexlora.data.builders import BuildContext, DocumentView, icd10
     from lexlora.data.builders.knowledge import LABEL_TEMPLATES, PRESENCE_TEMPLATES
-    from lexlora.data.taxonomy import load_taxonomy
     from lexlora.recipe import BuilderConfig
+    from lexlora.taxonomy import load_taxonomy
 
     out = {t.format(title="T", absent="A", value="V", noun="N") for t in PRESENCE_TEMPLATES}
     out |= {t.format(title="T", value="V", noun="N") for t in LABEL_TEMPLATES}
@@ -295,7 +293,7 @@ def test_shipped_wordings_share_no_phrase_with_the_builders():
 @pytest.fixture(scope="module")
 def icd_data(tmp_path_factory) -> Path:
     """A small ICD-10-CM build (30 blocks; the code builders only) from the installed corpus."""
-    from lexlora.data.build import build_dataset, dataset_dir
+    from lexlora.data.build import build_dataset
 
     tmp = tmp_path_factory.mktemp("icd")
     raw = yaml.safe_load((REPO_ROOT / "recipes" / "medical_icd10.yaml").read_text())
@@ -304,7 +302,7 @@ def icd_data(tmp_path_factory) -> Path:
     raw["data"].update(max_documents=30, output_dir=str(tmp / "data"))
     recipe = validate_recipe(raw)
     build_dataset(recipe, corpora_dir=tmp / "corpora")
-    return dataset_dir(recipe)
+    return recipe.dataset_dir
 
 
 def write_spec(tmp_path: Path, spec: dict) -> Path:

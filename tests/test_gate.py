@@ -15,9 +15,9 @@ from support import make_recipe
 
 from lexlora.artifacts.gate import GATE_FILE, GateVerdict, TooSmall
 from lexlora.artifacts.metrics import Comparison
+from lexlora.artifacts.metrics_text import gate_text
 from lexlora.errors import LexloraError
 from lexlora.eval.gate import gate_verdict, holm_rejections
-from lexlora.eval.report import gate_text
 from lexlora.eval.scores import comparison
 from lexlora.eval.tasks import EvalItem, option_texts
 from lexlora.eval.yesno import balanced_accuracy, yes_no_metrics
@@ -221,12 +221,12 @@ def test_gate_stops_a_deliberately_bad_recipe(tiny_model, tmp_path):
     """On a base that knows the data, a bad recipe (LoRA alpha 1024 with learning rate 0.05:
     updates ~1000x too large) wrecks the answers. `lexlora eval` flags the run and
     `lexlora export` refuses to publish it unless --force."""
-    from lexlora.data.build import build_dataset, dataset_dir
+    from lexlora.data.build import build_dataset
     from lexlora.train.trainer import train
 
     data_recipe = make_recipe(tmp_path, tiny_model)
     build_dataset(data_recipe)
-    base = fit_base(tiny_model, dataset_dir(data_recipe) / "train.jsonl", tmp_path / "base")
+    base = fit_base(tiny_model, data_recipe.dataset_dir / "train.jsonl", tmp_path / "base")
     bad = make_recipe(
         tmp_path, base, train={"learning_rate": 0.05, "eval_steps": 12}, lora={"alpha": 1024}
     )

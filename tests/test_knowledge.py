@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from support import folder_recipe, write_contract_folder
 
-from lexlora.data.build import build_dataset, dataset_dir
+from lexlora.data.build import build_dataset
 from lexlora.data.builders.knowledge import LABEL_TEMPLATES, PRESENCE_TEMPLATES
-from lexlora.data.taxonomy import load_taxonomy
 from lexlora.errors import LexloraError
 from lexlora.eval.tasks import EvalSpec, RecallSpec, load_recall
+from lexlora.taxonomy import load_taxonomy
 
 
 def knowledge_recipe(tmp: Path, out: str, **builder):
@@ -44,7 +44,7 @@ def rows(folder: Path, split: str) -> list[dict]:
 def test_facts_of_training_documents_in_several_wordings_balanced(tmp_path):
     recipe = knowledge_recipe(tmp_path, "out")
     build_dataset(recipe)
-    out = dataset_dir(recipe)
+    out = recipe.dataset_dir
     docs = {d["id"]: d for d in map(json.loads, (out / "documents.jsonl").read_text().splitlines())}
     train = [r for r in rows(out, "train") if r["meta"]["builder"] == "knowledge"]
     assert train
@@ -90,7 +90,7 @@ def test_fraction_covers_a_seeded_share_of_the_training_documents(tmp_path):
         opts = {"taxonomy": "commercial_contracts", **options}
         recipe = knowledge_recipe(tmp_path, out, options=opts)
         build_dataset(recipe)
-        train = rows(dataset_dir(recipe), "train")
+        train = rows(recipe.dataset_dir, "train")
         return {r["meta"]["doc_id"] for r in train if r["meta"]["builder"] == "knowledge"}
 
     everyone, some = covered("all"), covered("some", fraction=0.4)
@@ -108,7 +108,7 @@ def test_facts_per_document_and_questions_without_the_system_prompt(tmp_path):
         options={**opts, "paraphrases": 4, "facts_per_document": 2, "without_system_prompt": 0.5},
     )
     build_dataset(recipe)
-    train = [r for r in rows(dataset_dir(recipe), "train") if r["meta"]["builder"] == "knowledge"]
+    train = [r for r in rows(recipe.dataset_dir, "train") if r["meta"]["builder"] == "knowledge"]
     facts: dict[str, set[tuple]] = {}
     wordings: Counter = Counter()
     for r in train:
@@ -127,7 +127,7 @@ def test_recall_asks_each_fact_in_several_held_out_wordings(tmp_path):
     build_dataset(recipe)
     options = {n: dict(b.options) for n, b in recipe.data.builders.items()}
     spec = EvalSpec(tasks={}, recall=RecallSpec(**RECALL, wordings_per_fact=2))
-    items = load_recall(spec, dataset_dir(recipe), options)
+    items = load_recall(spec, recipe.dataset_dir, options)
     by_fact: dict[str, list] = {}
     for item in items:
         by_fact.setdefault(item.group, []).append(item)
@@ -176,7 +176,7 @@ RECALL = {
 def test_recall_items_ask_training_facts_in_new_wordings(tmp_path):
     recipe = knowledge_recipe(tmp_path, "out")
     build_dataset(recipe)
-    out = dataset_dir(recipe)
+    out = recipe.dataset_dir
     spec = EvalSpec(tasks={}, recall=RecallSpec(**RECALL))
     options = {n: dict(b.options) for n, b in recipe.data.builders.items()}
     items = load_recall(spec, out, options)
@@ -209,8 +209,8 @@ def test_recall_track_in_metrics_report_and_summary(tiny_run, tmp_path):
     """Evaluation of a run reports the recall track with intervals and every yes-rate."""
     import yaml
 
+    from lexlora.artifacts.metrics_text import yes_rate_text
     from lexlora.eval.local import load_local_scorer
-    from lexlora.eval.report import yes_rate_text
     from lexlora.eval.runner import evaluate
 
     recipe = knowledge_recipe(tmp_path, "out")
@@ -223,7 +223,7 @@ def test_recall_track_in_metrics_report_and_summary(tiny_run, tmp_path):
     )
     base = yaml.safe_load((tiny_run / "recipe.yaml").read_text())["model"]["base"]
     scorer = load_local_scorer(base, tiny_run / "adapter")
-    result = evaluate(recipe, scorer, dataset_dir(recipe), "tiny", out_root=tmp_path / "r")
+    result = evaluate(recipe, scorer, recipe.dataset_dir, "tiny", out_root=tmp_path / "r")
     m = result.metrics
     recall = m.headline["recall_balanced_accuracy"]
     assert recall.base.n == m.recall.n == m.items.recall >= 20

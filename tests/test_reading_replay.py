@@ -12,7 +12,7 @@ from rich.console import Console
 from support import folder_recipe, make_recipe
 
 from lexlora.artifacts.pairs import Pair
-from lexlora.data.build import build_dataset, dataset_dir
+from lexlora.data.build import build_dataset
 from lexlora.data.builders.reading import TASK
 from lexlora.data.clean import flatten
 from lexlora.errors import LexloraError
@@ -73,7 +73,7 @@ def test_reading_rows_are_passages_of_training_documents_with_tasks_answered_fro
     }
     recipe = folder_recipe(contract_folder, tmp_path / "data", builders=builders)
     manifest = build_dataset(recipe)
-    folder = dataset_dir(recipe)
+    folder = recipe.dataset_dir
     splits = {d["id"]: d["split"] for d in read_jsonl(folder / "documents.jsonl")}
     texts = {d["id"]: d["text"] for d in read_jsonl(folder / "documents.jsonl")}
 
@@ -136,7 +136,7 @@ def test_chat_rows_train_on_the_answer_and_reading_rows_on_every_token(tiny_mode
     recipe = mixed_recipe(tmp_path, tiny_model, packing=False, max_length=1024)
     session = setup_training(recipe, resume=False, console=Console(width=1000))
     trainer, tok = session.trainer, session.base.tokenizer
-    rows = [*read_pairs(dataset_dir(recipe), "train")]
+    rows = [*read_pairs(recipe.dataset_dir, "train")]
     prepared = trainer.train_dataset
     assert len(prepared) > len(rows)  # + the replay pairs, mixed in after the domain rows
     kinds = {"chat": 0, "text": 0, "replay": 0}
@@ -170,7 +170,7 @@ def test_packing_keeps_each_rows_labels_and_the_mixed_dataset_trains(tiny_model,
     steps = {"max_steps": 10, "eval_steps": 10, "save_steps": 10}
     recipe = mixed_recipe(tmp_path, tiny_model, max_length=256, **steps)
     session = setup_training(recipe, resume=False, console=Console(width=1000))
-    rows = read_pairs(dataset_dir(recipe), "train")
+    rows = read_pairs(recipe.dataset_dir, "train")
     rows += replay_pairs(recipe, session.base, len(rows))  # from the cache the setup wrote
     unpacked = tokenized_dataset(rows, session.base.tokenizer)
     packed = session.trainer.train_dataset

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lexlora.data.scrub import PII_TYPES, ScrubResult, luhn_valid, scrub_text
+from lexlora.data.scrub import ScrubResult, luhn_valid, scrub_text
 from lexlora.errors import LexloraError
+from lexlora.recipe import PII_TYPES
 
 
 def nonzero(result: ScrubResult) -> dict[str, int]:

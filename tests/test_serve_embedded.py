@@ -401,6 +401,10 @@ def test_metrics_count_requests_tokens_adapters_and_latency(server):
     assert 'lexlora_adapter_requests_total{adapter="contracts:1",tenant="acme"}' in text
     assert 'lexlora_adapter_requests_total{adapter="filings:1",tenant="beta"}' in text
     assert server.metric("lexlora_generated_tokens_total", tenant="acme") > 0
+    per_adapter = {"tenant": "beta", "adapter": "filings:1"}
+    assert server.metric("lexlora_adapter_generated_tokens_total", **per_adapter) > 0
+    assert server.metric("lexlora_adapter_latency_seconds_count", **per_adapter) > 0
+    assert "lexlora_replica_up" not in text  # one engine process: no per-replica series
     assert server.metric("lexlora_request_latency_seconds_count", route="/v1/completions") > 0
     assert "lexlora_request_latency_seconds_bucket" in text
     assert server.metric("lexlora_queue_depth") == 0

@@ -164,6 +164,9 @@ def test_each_adapters_requests_land_on_one_replica_and_load_there_once(server):
         ]
         assert sorted(loads) == [0, 1], (name, loads)
     assert server.metric("lexlora_replica_up", replica="0") == 1
+    per_adapter = {"tenant": "beta", "adapter": "filings:1"}
+    assert server.metric("lexlora_adapter_latency_seconds_count", **per_adapter) == 4
+    assert server.metric("lexlora_adapter_generated_tokens_total", **per_adapter) > 0
     total = sum(server.metric("lexlora_replica_requests_total", replica=r) for r in ("0", "1"))
     assert total == sum(counts(server))
 

@@ -19,7 +19,7 @@ from lexlora.serve.admission import Admission
 from lexlora.serve.batcher import Batcher
 from lexlora.serve.catalog import Target
 from lexlora.serve.config import load_config, validate_config
-from lexlora.serve.engines.rows import StopText
+from lexlora.serve.engines.stop_text import StopText
 from lexlora.serve.errors import ApiError
 from lexlora.serve.generation import Limit, token_budget
 from lexlora.serve.protocol import CompletionRequest, field_path, parse_request

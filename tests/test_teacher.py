@@ -17,7 +17,7 @@ import httpx
 import pytest
 from support import folder_recipe, write_contract_folder
 
-from lexlora.data.build import build_dataset, dataset_dir
+from lexlora.data.build import build_dataset
 from lexlora.data.builders.teacher import validate_reply
 from lexlora.data.clean import flatten
 from lexlora.errors import LexloraError
@@ -106,7 +106,7 @@ def test_real_server_rejects_nonsense_caches_and_budgets(server, tmp_path):
     assert t2.requests == 0 and t2.cache_hits == chunks
     assert t2.rejected == t1.rejected
     assert served_chat_requests(server) - before == chunks
-    assert read_bytes(dataset_dir(r1)) == read_bytes(dataset_dir(r2))
+    assert read_bytes(r1.dataset_dir) == read_bytes(r2.dataset_dir)
 
     # budget: a fresh cache and max_requests=2 send exactly two requests; the rest is "budget"
     r3 = recipe(tmp_path, "out3", server + "/v1", max_requests=2, cache_dir=str(tmp_path / "c3"))
@@ -204,7 +204,7 @@ def test_crafted_replies_provenance_and_split(tmp_path):
         "schema": chunks,
         "unsupported": chunks,
     }
-    out = dataset_dir(r)
+    out = r.dataset_dir
     docs = {}
     for line in (out / "documents.jsonl").read_text().splitlines():
         d = json.loads(line)
@@ -277,7 +277,7 @@ def test_retries_while_server_is_stopped_and_restarted(tiny_model, tmp_path):
     assert "error" not in result, result.get("error")
     assert result["retried"] >= 1 and result["requests"] == N_DOCS
     assert result["rejected"] == first.rejected  # same greedy replies as before the stop
-    assert read_bytes(dataset_dir(r2)) == read_bytes(dataset_dir(r1))
+    assert read_bytes(r2.dataset_dir) == read_bytes(r1.dataset_dir)
 
 
 def test_retries_503_then_succeeds(tmp_path):
@@ -395,7 +395,7 @@ def test_real_smollm2_teacher_end_to_end(tmp_path):
     print("teacher summary:", t)
     assert t.accepted >= 2, t  # a few valid pairs from a 135M teacher
     rows = 0
-    out = dataset_dir(r)
+    out = r.dataset_dir
     docs = {d["id"]: d for d in map(json.loads, (out / "documents.jsonl").read_text().splitlines())}
     for split in ("train", "validation", "test"):
         for row in map(json.loads, (out / f"{split}.jsonl").read_text().splitlines()):

@@ -127,8 +127,7 @@ def test_4bit_cpu_kernel_fix_keeps_lora_gradients(tiny_model):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from lexlora.models import quantization_for
-    from lexlora.train.model_setup import disable_cpu_4bit_inference_kernel
+    from lexlora.train.model_setup import disable_cpu_4bit_inference_kernel, quantization_for
 
     quant, _ = quantization_for("nf4", cuda=False)
     model = AutoModelForCausalLM.from_pretrained(

@@ -23,7 +23,6 @@ import yaml
 from serve_reference import random_adapter
 
 from lexlora.artifacts.adapter import base_config_hash
-from lexlora.data.build import dataset_dir
 from lexlora.eval.local import load_local_scorer
 from lexlora.eval.runner import evaluate
 from lexlora.export.exporter import export_run
@@ -114,7 +113,7 @@ def evaluated_run(tiny_run: Path, runs: Path, reports: Path, tmp: Path) -> tuple
     recipe = validate_recipe(raw)
     scorer = load_local_scorer(recipe.model.base, run / "adapter")
     result = evaluate(
-        recipe, scorer, dataset_dir(recipe), f"run {run.name}", out_root=reports, log=lambda _: 0
+        recipe, scorer, recipe.dataset_dir, f"run {run.name}", out_root=reports, log=lambda _: 0
     )
     result.metrics.gate.save(run, result.report_dir)
     return run, result.report_dir

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from lexlora.data.taxonomy import load_taxonomy
 from lexlora.errors import LexloraError
 from lexlora.eval.tasks import load_spec
 from lexlora.recipe import load_recipe
 from lexlora.serve.config import load_config
+from lexlora.taxonomy import load_taxonomy
 
 LOADERS = {
     "recipe": load_recipe,

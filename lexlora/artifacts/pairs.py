@@ -12,6 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_serializer, model_validator
 
+KNOWLEDGE_PRESENCE = "knowledge_presence"  # the task of a closed-book clause-presence fact
+KNOWLEDGE_LABEL = "knowledge_label"  # the task of a closed-book metadata-label fact
+
 
 class PairMeta(BaseModel):
     """Where a pair came from: ``text[span[0]:span[1]]`` of the cleaned, scrubbed document."""

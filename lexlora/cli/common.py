@@ -28,7 +28,7 @@ TONE_STYLES = {"better": "green", "worse": "red", "neutral": None}
 def print_headline(result: EvalResult) -> None:
     """The one-screen summary: every headline family, then the tracks (reading, recall,
     general), the yes-rates, the gate's verdict and where the report is."""
-    from lexlora.eval.report import gate_text, headline_text, track_text, yes_rate_text
+    from lexlora.artifacts.metrics_text import gate_text, headline_text, track_text, yes_rate_text
 
     console.print("[bold]held-out evaluation (base → adapter)[/]")
     for line in headline_text(result.metrics):

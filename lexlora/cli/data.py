@@ -4,26 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
 from lexlora.artifacts.manifest import SPLITS, DataManifest
 from lexlora.cli.common import CorporaDir, SetOption, console
+from lexlora.progress import Bar
 
 
 def data(recipe: str, set_: SetOption = None, corpora_dir: CorporaDir = Path("corpora")) -> None:
     """Build the recipe's instruction data: data/RECIPE/{train,validation,test}.jsonl + manifest."""
-    from lexlora.data.build import build_dataset, dataset_dir
+    from lexlora.data.build import build_dataset
     from lexlora.recipe import load_recipe
 
     cfg = load_recipe(recipe, set_)
-    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as bar:
-        task = bar.add_task(f"building {cfg.name}", total=None)
+    with Bar(f"building {cfg.name}", console=console) as bar:
         manifest = build_dataset(
-            cfg, corpora_dir, lambda done, total: bar.update(task, completed=done, total=total)
+            cfg, corpora_dir, lambda done, total: bar.update(completed=done, total=total)
         )
-    print_data_summary(manifest, dataset_dir(cfg))
+    print_data_summary(manifest, cfg.dataset_dir)
 
 
 def print_data_summary(manifest: DataManifest, out: Path) -> None:

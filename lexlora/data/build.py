@@ -51,11 +51,7 @@ from lexlora.io import (
 from lexlora.recipe import DataConfig, Recipe
 
 MAX_LABEL_VALUES = 64
-Progress = Callable[[int, int], None]
-
-
-def dataset_dir(recipe: Recipe) -> Path:
-    return Path(recipe.data.output_dir) / recipe.name
+Progress = Callable[[int, int], None]  # (documents done, documents in all): a Bar's update
 
 
 def build_dataset(
@@ -67,7 +63,7 @@ def build_dataset(
     if not builders:
         raise LexloraError(f"recipe '{recipe.name}': data.builders enables no builder")
     corpus = corpus_manifest(cfg.corpus)
-    out = check_directory_target(dataset_dir(recipe), replace=True)
+    out = check_directory_target(recipe.dataset_dir, replace=True)
 
     report = CorpusReadReport()
     max_file_bytes = int(cfg.max_file_mb * 1_000_000)

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from lexlora.data.taxonomy import Category
+from lexlora.taxonomy import Category
 
 Label = Literal["yes", "no", "ambiguous"]
 

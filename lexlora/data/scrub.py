@@ -21,8 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from lexlora.errors import LexloraError
-
-PII_TYPES: tuple[str, ...] = ("EMAIL", "PHONE", "SSN", "MRN", "DOB", "ADDRESS", "IP", "CARD")
+from lexlora.recipe import PII_TYPES
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +50,7 @@ from lexlora.eval.tasks import (
     spec_path,
 )
 from lexlora.eval.yesno import is_yes_no, yes_no_metrics
+from lexlora.progress import Log
 from lexlora.recipe import Recipe
 
 SCALE0_TOLERANCE = 1e-4
@@ -86,7 +86,7 @@ def evaluate(
     adapter_label: str,
     sweep: list[float] | None = None,
     out_root: Path = Path("reports"),
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> EvalResult:
     """Score ``scorer`` (a LocalScorer or EndpointScorer) and write the report."""
     started = time.time()

@@ -9,7 +9,6 @@ verdict that ``lexlora export`` reads.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from lexlora.artifacts.manifest import DataManifest
 from lexlora.errors import LexloraError
 from lexlora.eval.runner import EvalResult, evaluate
+from lexlora.progress import Log
 from lexlora.recipe import Recipe
 
 
@@ -70,16 +70,15 @@ def run_eval(
     recipe: Recipe,
     target: EvalTarget,
     sweep: list[float] | None = None,
-    log: Callable[[str], object] = print,
+    log: Log = print,
     out_root: Path = Path("reports"),
 ) -> EvalResult:
     """Evaluate ``target`` on the recipe's held-out documents; a run folder also gets the gate's
     verdict (``eval_gate.json``)."""
-    from lexlora.data.build import dataset_dir
     from lexlora.quiet import quiet_libraries
 
     quiet_libraries()
-    data_dir = dataset_dir(recipe)
+    data_dir = recipe.dataset_dir
     DataManifest.load(data_dir, recipe.name)
     scoring = scorer_for(recipe, target)
     result = evaluate(

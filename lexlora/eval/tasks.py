@@ -22,6 +22,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lexlora.artifacts.manifest import DataManifest
+from lexlora.artifacts.pairs import KNOWLEDGE_LABEL, KNOWLEDGE_PRESENCE
 from lexlora.config_errors import describe
 from lexlora.errors import LexloraError
 from lexlora.io import read_jsonl
@@ -404,8 +405,7 @@ def _yes_no_questions(
     recall: RecallSpec, facts: dict, documents: dict, options: dict, rng: random.Random
 ) -> list[Question]:
     """Presence and label facts: k Yes and k No facts, each in every applicable wording."""
-    from lexlora.data.builders.knowledge import LABEL, PRESENCE, presence_phrase
-    from lexlora.data.taxonomy import load_taxonomy
+    from lexlora.taxonomy import load_taxonomy
 
     taxonomy = load_taxonomy(options["taxonomy"]) if options.get("taxonomy") else None
     noun = options.get("label_noun") or "category"
@@ -417,11 +417,11 @@ def _yes_no_questions(
     asked = []
     for (doc_id, task, category), label in chosen:
         title = documents[doc_id]["title"]
-        if task == PRESENCE and taxonomy is not None and recall.presence:
-            absent = presence_phrase(taxonomy, category)
+        if task == KNOWLEDGE_PRESENCE and taxonomy is not None and recall.presence:
+            absent = taxonomy.absent(category)
             wordings = [t.format(title=title, absent=absent) for t in recall.presence]
             asked.append((doc_id, wordings, label, category))
-        elif task == LABEL and recall.label:
+        elif task == KNOWLEDGE_LABEL and recall.label:
             wordings = [t.format(title=title, value=category, noun=noun) for t in recall.label]
             asked.append((doc_id, wordings, label, f"{noun}: {category}"))
     return asked
@@ -472,9 +472,7 @@ def _code_questions(
 
 def _yes_no_task(task: str) -> str:
     """A yes/no pair's fact kind: a metadata label, or the presence of a clause."""
-    from lexlora.data.builders.knowledge import LABEL, PRESENCE
-
-    return LABEL if task == LABEL else PRESENCE
+    return KNOWLEDGE_LABEL if task == KNOWLEDGE_LABEL else KNOWLEDGE_PRESENCE
 
 
 def _question(row: dict) -> str:

@@ -44,6 +44,7 @@ from lexlora.export.validate import (
 )
 from lexlora.io import atomic_directory, check_directory_target
 from lexlora.models import resolve_base_model
+from lexlora.progress import Log
 from lexlora.quiet import quiet_libraries
 from lexlora.recipe import Recipe, validate_recipe
 from lexlora.registry import AdapterStore, AdapterVersion, validate_name
@@ -103,7 +104,7 @@ def export_run(
     overwrite: bool = False,
     max_rank: int | None = None,
     force: bool = False,
-    log=print,
+    log: Log = print,
 ) -> ExportResult:
     """Validate the run's adapter (optionally scaled, combined, merged) and publish it.
 
@@ -321,7 +322,7 @@ def merge_into(model: PeftModel, adapter_name: str, tokenizer, out: Path, replac
     return out
 
 
-def check_gate(run_dir: Path, force: bool, log=print) -> None:
+def check_gate(run_dir: Path, force: bool, log: Log = print) -> None:
     """Refuse (unless ``force``) to publish a run the gate flagged; warn when never evaluated."""
     verdict = GateVerdict.load(run_dir)
     if verdict is None:

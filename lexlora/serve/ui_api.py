@@ -26,7 +26,7 @@ from lexlora.errors import LexloraError
 from lexlora.registry import validate_name
 from lexlora.serve.auth import require_admin, require_tenant
 from lexlora.serve.errors import ApiError, bad_request, model_not_found, unauthorized
-from lexlora.serve.state import Gateway
+from lexlora.serve.gateway import Gateway
 from lexlora.serve.tenants import Caller
 from lexlora.serve.ui_records import (
     Folders,

@@ -21,6 +21,7 @@ import yaml
 
 from lexlora.artifacts.gate import GATE_FILE, GateVerdict
 from lexlora.artifacts.metrics import EvalMetrics
+from lexlora.artifacts.metrics_text import headline_text, track_text
 from lexlora.artifacts.run import TrainSummary
 from lexlora.errors import LexloraError
 from lexlora.registry import AdapterVersion, parse_ref
@@ -144,7 +145,6 @@ def evaluation(report: Path | None) -> dict | None:
 @functools.lru_cache(maxsize=512)
 def _evaluation(path: str, mtime_ns: int, size: int) -> dict | None:
     """Cached by file version: listing reports does not parse every metrics.json each time."""
-    from lexlora.eval.report import headline_text, track_text  # matplotlib: only when needed
 
     metrics = read_json(Path(path))
     if not isinstance(metrics, dict):

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
 from lexlora.io import atomic_write
+from lexlora.progress import Bar
 
 
 class MetricsFileCallback(TrainerCallback):
@@ -54,12 +54,11 @@ def _step(line: str) -> float:
 
 
 class ProgressCallback(TrainerCallback):
-    """A rich progress bar: steps, last loss, tokens/s and time left."""
+    """Training progress (:class:`~lexlora.progress.Bar`): steps, last loss, tokens/s, time left."""
 
     def __init__(self, console: Console):
         self.console = console
-        self.progress: Progress | None = None
-        self.task = None
+        self.bar: Bar | None = None
         self.start = 0.0
         self.start_tokens = 0
         self.loss = float("nan")
@@ -67,39 +66,35 @@ class ProgressCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:.0f} tok/s"),
-            TimeRemainingColumn(),
+        self.bar = Bar(
+            "train",
+            state.max_steps,
             console=self.console,
+            template="loss {loss:.4f}  {tps:.0f} tok/s",
+            transient=False,
+            loss=self.loss,
+            tps=0.0,
         )
-        self.progress.start()
-        self.task = self.progress.add_task(
-            "train", total=state.max_steps, completed=state.global_step, loss=self.loss, tps=0.0
-        )
+        self.bar.update(completed=state.global_step)
         self.start, self.start_tokens = time.time(), state.num_input_tokens_seen
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.progress is None:
+        if self.bar is None:
             return
         elapsed = max(time.time() - self.start, 1e-6)
         tps = (state.num_input_tokens_seen - self.start_tokens) / elapsed
-        self.progress.update(self.task, completed=state.global_step, loss=self.loss, tps=tps)
+        self.bar.update(completed=state.global_step, loss=self.loss, tps=tps)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.progress is not None and logs:
+        if self.bar is not None and logs:
             self.loss = logs.get("loss", self.loss)
             if "eval_loss" in logs:
-                self.progress.console.print(
-                    f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}"
-                )
+                self.bar.print(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class LastStepLogCallback(TrainerCallback):

@@ -23,18 +23,19 @@ from trl.data_utils import common_prefix_length
 
 from lexlora.artifacts.manifest import dataset_problem
 from lexlora.artifacts.pairs import Pair
-from lexlora.data.build import build_dataset, dataset_dir
+from lexlora.data.build import build_dataset
 from lexlora.errors import LexloraError
 from lexlora.io import read_jsonl
+from lexlora.progress import Log
 from lexlora.recipe import Recipe
 
 IGNORE = -100  # the label of a token without loss
 
 
-def ensure_dataset(recipe: Recipe, log=print) -> Path:
+def ensure_dataset(recipe: Recipe, log: Log = print) -> Path:
     """The recipe's data folder, (re)built first when missing, built from another data recipe,
     or not matching the file hashes of its manifest."""
-    folder = dataset_dir(recipe)
+    folder = recipe.dataset_dir
     problem = dataset_problem(folder, recipe.data_hash())
     if problem is not None:
         log(f"data: {problem}; building it")

@@ -13,9 +13,34 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from lexlora.artifacts.adapter import CONFIG_FILE, read_config
 from lexlora.errors import LexloraError
-from lexlora.models import quantization_for, resolve_base_model
+from lexlora.models import resolve_base_model
 from lexlora.recipe import Recipe
 from lexlora.train.methods import peft_config
+
+
+def quantization_for(mode: str, cuda: bool) -> tuple[Any | None, str]:
+    """A ``BitsAndBytesConfig`` (or None) for ``model.quantization``, and a line describing it."""
+    from transformers import BitsAndBytesConfig
+
+    if mode == "auto":
+        mode = "nf4" if cuda else "none"
+    if mode == "none":
+        where = "CUDA" if cuda else "CPU"
+        return None, f"full precision on {where} (no quantization)"
+    if mode == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True), "8-bit (bitsandbytes LLM.int8)"
+    compute = torch.bfloat16 if cuda else torch.float32
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+    device = "CUDA" if cuda else "CPU (slow)"
+    return (
+        config,
+        f"4-bit NF4, double quantisation, {str(compute).split('.')[-1]} compute on {device}",
+    )
 
 
 @dataclass

@@ -18,7 +18,6 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,9 @@ from transformers import GenerationConfig
 from lexlora.artifacts.pairs import Pair, make_pair
 from lexlora.config_errors import describe
 from lexlora.errors import LexloraError
+from lexlora.home import lexlora_home
 from lexlora.io import dumps_canonical, read_jsonl, sha256_file, sha256_text, write_jsonl
-from lexlora.models import lexlora_home
+from lexlora.progress import Log
 from lexlora.recipe import REPO_ROOT, Recipe, ReplayConfig
 from lexlora.train.model_setup import LoadedBase
 
@@ -58,9 +58,7 @@ class ReplayAnswer:
     finished: bool  # the model stopped by itself within max_new_tokens
 
 
-def replay_pairs(
-    recipe: Recipe, base: LoadedBase, n_train: int, log: Callable[[str], Any] = print
-) -> list[Pair]:
+def replay_pairs(recipe: Recipe, base: LoadedBase, n_train: int, log: Log = print) -> list[Pair]:
     """The replay pairs to add to ``n_train`` training rows (none when ``ratio`` is 0): the base
     model's cached or freshly generated answers. Call before the LoRA is attached."""
     cfg = recipe.train.replay

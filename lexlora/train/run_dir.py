@@ -15,7 +15,7 @@ import json
 import platform
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ import yaml
 
 from lexlora.errors import LexloraError
 from lexlora.io import atomic_write, remove_stale_temps, sha256_file, write_json
+from lexlora.progress import Log
 from lexlora.recipe import Recipe
 
 PACKAGES = (
@@ -114,7 +115,7 @@ def write_provenance(run_dir: Path, recipe: Recipe, data_dir: Path) -> None:
     )
 
 
-def latest_checkpoint(run_dir: Path, log: Callable[[str], object] = print) -> Path:
+def latest_checkpoint(run_dir: Path, log: Log = print) -> Path:
     """The newest complete checkpoint of a run; newer incomplete ones are skipped (one line
     says which and why). None complete is a user-facing error."""
     folder = run_dir / "checkpoints"

@@ -18,9 +18,9 @@ from lexlora.data.segment import (
     segment_sections,
     split_clauses,
 )
-from lexlora.data.taxonomy import Category
 from lexlora.errors import LexloraError
 from lexlora.recipe import BuilderConfig
+from lexlora.taxonomy import Category
 
 
 @dataclass

@@ -31,9 +31,9 @@ from lexlora.data.builders.base import (
 from lexlora.data.clause_detect import Detection
 from lexlora.data.clean import flatten
 from lexlora.data.gold import GoldKey, load_gold, score_detector
-from lexlora.data.taxonomy import Taxonomy, check_categories, load_taxonomy
 from lexlora.errors import LexloraError
 from lexlora.recipe import BuilderConfig
+from lexlora.taxonomy import Taxonomy, check_categories, load_taxonomy
 
 NAME = "clause_presence"
 TASK = "clause_presence"

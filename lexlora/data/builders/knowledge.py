@@ -33,15 +33,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from lexlora.artifacts.pairs import Pair, make_pair
+from lexlora.artifacts.pairs import KNOWLEDGE_LABEL, KNOWLEDGE_PRESENCE, Pair, make_pair
 from lexlora.data.builders.base import BuildContext, DocumentView, pick, run_options
-from lexlora.data.taxonomy import check_categories, load_taxonomy
 from lexlora.errors import LexloraError
 from lexlora.recipe import BuilderConfig
+from lexlora.taxonomy import check_categories, load_taxonomy
 
 NAME = "knowledge"
-PRESENCE = "knowledge_presence"
-LABEL = "knowledge_label"
 CHOICES = ["Yes", "No"]
 # Training wordings. The recall track's wordings live in eval/, and a test checks they differ. A
 # fact is retrievable in a new wording only when training asked it in many (Allen-Zhu & Li), so
@@ -99,24 +97,26 @@ def build(view: DocumentView, cfg: BuilderConfig, ctx: BuildContext) -> list[Pai
         if detection.label == "yes":
             assert detection.evidence is not None
             answer = f"Yes. {title} has a clause that {absent}."
-            facts.append((PRESENCE, category.id, "Yes", answer, detection.evidence))
+            facts.append((KNOWLEDGE_PRESENCE, category.id, "Yes", answer, detection.evidence))
         elif detection.label == "no":
             answer = f"No. {title} has no clause that {absent}."
-            facts.append((PRESENCE, category.id, "No", answer, (0, len(view.text))))
+            facts.append((KNOWLEDGE_PRESENCE, category.id, "No", answer, (0, len(view.text))))
     field = opts["label_field"]
     value = view.doc.metadata.get(field) if field else None
     others = [v for v in ctx.label_values.get(field or "", []) if v != value]
     if isinstance(value, str) and others:
         other = rng.choice(others)
         span = (0, len(view.text))
-        facts.append((LABEL, value, "Yes", f"Yes. {title} is classified as {value}.", span))
+        facts.append(
+            (KNOWLEDGE_LABEL, value, "Yes", f"Yes. {title} is classified as {value}.", span)
+        )
         no = f"No. {title} is classified as {value}, not {other}."
-        facts.append((LABEL, other, "No", no, span))
+        facts.append((KNOWLEDGE_LABEL, other, "No", no, span))
     if opts["facts_per_document"] is not None:
         facts = pick(rng, facts, opts["facts_per_document"])
     pairs = []
     for task, category, label, answer, span in facts:
-        templates = PRESENCE_TEMPLATES if task == PRESENCE else LABEL_TEMPLATES
+        templates = PRESENCE_TEMPLATES if task == KNOWLEDGE_PRESENCE else LABEL_TEMPLATES
         for template in rng.sample(templates, min(opts["paraphrases"], len(templates))):
             question = _ask(template, title, taxonomy, category, task, opts)
             system = None if rng.random() < opts["without_system_prompt"] else ctx.system_prompt
@@ -146,14 +146,9 @@ def _covered(doc_id: str, seed: int, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def presence_phrase(taxonomy, category_id: str) -> str:
-    """The ``absent`` phrase of a taxonomy category ("restricts commercial use or sale")."""
-    return next(c.spec.absent for c in taxonomy.categories if c.id == category_id)
-
-
 def _ask(template: str, title: str, taxonomy, category: str, task: str, opts: dict) -> str:
-    if task == PRESENCE:
-        return template.format(title=title, absent=presence_phrase(taxonomy, category))
+    if task == KNOWLEDGE_PRESENCE:
+        return template.format(title=title, absent=taxonomy.absent(category))
     return template.format(title=title, value=category, noun=opts["label_noun"])
 
 

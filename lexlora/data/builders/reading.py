@@ -49,9 +49,9 @@ from lexlora.data.builders.base import (
 from lexlora.data.clause_detect import detect
 from lexlora.data.clean import flatten
 from lexlora.data.segment import split_clauses
-from lexlora.data.taxonomy import Taxonomy, check_categories, load_taxonomy
 from lexlora.errors import LexloraError
 from lexlora.recipe import BuilderConfig
+from lexlora.taxonomy import Taxonomy, check_categories, load_taxonomy
 
 NAME = "reading"
 TASK = "reading"

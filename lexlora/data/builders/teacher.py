@@ -21,7 +21,6 @@ from typing import Any
 
 from lexlora.artifacts.pairs import Pair, make_pair
 from lexlora.data.builders.base import BuildContext, DocumentView, clause_excerpt, options
-from lexlora.data.scrub import PII_TYPES
 from lexlora.data.segment import split_clauses
 from lexlora.data.teacher_client import (
     TeacherClient,
@@ -29,7 +28,8 @@ from lexlora.data.teacher_client import (
     resolve_api_key,
 )
 from lexlora.errors import LexloraError
-from lexlora.recipe import BuilderConfig
+from lexlora.progress import Bar
+from lexlora.recipe import PII_TYPES, BuilderConfig
 
 NAME = "teacher"
 DEFAULTS: dict[str, Any] = {
@@ -170,8 +170,6 @@ class TeacherRun:
     """One data run's teacher: the client, the progress bar and the tally of pairs."""
 
     def __init__(self, opts: dict[str, Any]) -> None:
-        from tqdm import tqdm
-
         self.opts = opts
         self.prompt_id = opts["prompt"]
         self.prompt_key = {
@@ -185,16 +183,15 @@ class TeacherRun:
         self.accepted = 0
         self.chunks = 0
         self.rejected: Counter[str] = Counter()
-        self.lock = threading.Lock()
-        self.bar = tqdm(desc="teacher", unit="chunk", leave=False, disable=None)
+        self.lock = threading.Lock()  # the tallies, from the worker threads
+        self.bar = Bar("teacher chunks")
 
     def chunk_pairs(self, chunk: str) -> tuple[list[tuple[str, str]], Counter[str]]:
         """The teacher's valid pairs for ``chunk`` and the rejections by reason."""
         n = self.opts["pairs_per_chunk"]
         prompt = PROMPTS[self.prompt_id].format(n=n, chunk=chunk)
         reply = self.client.ask([{"role": "user", "content": prompt}], self.prompt_key, chunk)
-        with self.lock:
-            self.bar.update(1)
+        self.bar.update(advance=1)
         if reply is None:
             return [], Counter({"budget": 1})
         return validate_reply(reply, chunk, self.opts["min_support"], n)
@@ -300,7 +297,7 @@ def _validated(cfg: BuilderConfig) -> dict[str, Any]:
 
 
 def _settings(opts: dict[str, Any]) -> TeacherSettings:
-    from lexlora.models import lexlora_home
+    from lexlora.home import lexlora_home
 
     cache = opts["cache_dir"]
     return TeacherSettings(

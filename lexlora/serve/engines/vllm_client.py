@@ -38,7 +38,7 @@ from lexlora.serve.engines.base import (
     TextDelta,
     TokenLogprob,
 )
-from lexlora.serve.engines.rows import StopText
+from lexlora.serve.engines.stop_text import StopText
 
 TOKEN_ID_PREFIX = "token_id:"
 

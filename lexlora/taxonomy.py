@@ -72,6 +72,10 @@ class Taxonomy:
     path: Path
     categories: tuple[Category, ...]
 
+    def absent(self, category_id: str) -> str:
+        """The ``absent`` phrase of a category ("restricts commercial use or sale")."""
+        return next(c.spec.absent for c in self.categories if c.id == category_id)
+
 
 def taxonomy_path(name_or_path: str) -> Path:
     """``licenses`` → ``recipes/taxonomies/licenses.yaml``; a path to a YAML file as given."""
