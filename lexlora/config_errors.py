@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import difflib
 import typing
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+
+from lexlora.errors import LexloraError
+
+M = TypeVar("M", bound=BaseModel)
 
 SHOWN_CHARS = 80  # how much of a rejected value an error message echoes
 
@@ -39,6 +43,17 @@ def describe(exc: ValidationError, model: type[BaseModel], noun: str = "field") 
             echo = "" if isinstance(got, dict | list) else f" (got {shown(got)})"
             messages.append(f"{noun} '{dotted}': {msg[:1].lower() + msg[1:]}{echo}")
     return "; ".join(messages)
+
+
+def validated(model: type[M], raw: object, where: str, noun: str = "field") -> M:
+    """``model`` validated from ``raw`` (a mapping, or JSON text), or one LexloraError:
+    ``WHERE: every problem`` (:func:`describe`)."""
+    try:
+        if isinstance(raw, str | bytes):
+            return model.model_validate_json(raw)
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise LexloraError(f"{where}: {describe(exc, model, noun)}") from None
 
 
 def shown(value: object, limit: int = SHOWN_CHARS) -> str:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lexlora.config_errors import describe
+from lexlora.config_errors import validated
 from lexlora.errors import LexloraError
 from lexlora.io import dumps_canonical, sha256_text
 from lexlora.yaml_files import read_yaml
@@ -341,10 +341,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
-    try:
-        return Recipe.model_validate(raw)
-    except ValidationError as exc:
-        raise LexloraError(f"{source}: {describe(exc, Recipe)}") from None
+    return validated(Recipe, raw, source)
 
 
 def _closest(word: str, choices: list[str]) -> str:

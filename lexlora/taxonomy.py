@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lexlora.config_errors import describe
+from lexlora.config_errors import validated
 from lexlora.errors import LexloraError
 from lexlora.recipe import REPO_ROOT
 from lexlora.yaml_files import read_yaml
@@ -93,10 +93,7 @@ def load_taxonomy(name_or_path: str) -> Taxonomy:
     if not path.is_file():
         raise LexloraError(f"{path}: taxonomy not found (expected recipes/taxonomies/NAME.yaml)")
     raw = read_yaml(path, "taxonomy")
-    try:
-        spec = TaxonomySpec.model_validate(raw)
-    except ValidationError as exc:
-        raise LexloraError(f"{path}: {describe(exc, TaxonomySpec)}") from None
+    spec = validated(TaxonomySpec, raw, str(path))
     seen: set[str] = set()
     categories = []
     for n, cat in enumerate(spec.categories):

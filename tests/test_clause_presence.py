@@ -192,10 +192,13 @@ def test_builder_yes_with_evidence_no_with_statement_balanced(tmp_path):
 
 def test_builder_option_errors(tmp_path):
     for options, message in (
-        ({}, r"options\.taxonomy: required"),
+        ({}, r"options: missing required option 'taxonomy'"),
         ({"taxonomy": "commercial_contracts", "categories": ["nope"]}, "unknown category 'nope'"),
         ({"taxonomy": "commercial_contracts", "gold": "missing.jsonl"}, "gold label file"),
-        ({"taxonomy": "commercial_contracts", "context_chars": 5}, r"context_chars: expected"),
+        (
+            {"taxonomy": "commercial_contracts", "context_chars": 5},
+            r"option 'context_chars': input should be greater than or equal to 40",
+        ),
     ):
         recipe = presence_recipe(tmp_path, "out", options=options)
         with pytest.raises(LexloraError, match=message) as err:

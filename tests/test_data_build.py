@@ -138,7 +138,9 @@ def test_unknown_builder_and_missing_folder_are_user_errors(contract_folder, tmp
     with pytest.raises(LexloraError, match="not found"):
         build_dataset(folder_recipe(tmp_path / "nowhere", out))
     opts = {"clause_classification": {"options": {"label_fild": "x"}}}
-    with pytest.raises(LexloraError, match="unknown option 'label_fild'"):
+    with pytest.raises(
+        LexloraError, match="unknown key 'label_fild' \\(did you mean 'label_field'\\?\\)"
+    ):
         build_dataset(folder_recipe(contract_folder, out, builders=opts))
 
 

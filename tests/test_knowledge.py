@@ -145,11 +145,20 @@ def test_option_errors_are_one_line(tmp_path):
     for options, message in (
         ({}, "set taxonomy"),
         ({"taxonomy": "commercial_contracts", "categories": ["nope"]}, "unknown category 'nope'"),
-        ({"taxonomy": "commercial_contracts", "paraphrases": 0}, r"paraphrases: expected"),
-        ({"label_field": "category", "colour": 1}, "unknown option 'colour'"),
-        ({"label_field": "category", "fraction": 0}, r"fraction: expected a number in \(0, 1\]"),
-        ({"label_field": "category", "facts_per_document": 0}, "facts_per_document: expected"),
-        ({"label_field": "category", "without_system_prompt": 2}, "system_prompt: expected"),
+        (
+            {"taxonomy": "commercial_contracts", "paraphrases": 0},
+            r"option 'paraphrases': input should be greater than or equal to 1",
+        ),
+        ({"label_field": "category", "colour": 1}, "unknown key 'colour'"),
+        (
+            {"label_field": "category", "fraction": 0},
+            r"option 'fraction': input should be greater than 0",
+        ),
+        ({"label_field": "category", "facts_per_document": 0}, "option 'facts_per_document'"),
+        (
+            {"label_field": "category", "without_system_prompt": 2},
+            "option 'without_system_prompt': input should be less than or equal to 1",
+        ),
     ):
         recipe = knowledge_recipe(tmp_path, "out", options=options)
         with pytest.raises(LexloraError, match=message) as err:

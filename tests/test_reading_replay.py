@@ -112,9 +112,15 @@ def test_reading_rows_are_passages_of_training_documents_with_tasks_answered_fro
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"passage_chars": 10}, "data.builders.reading.options.passage_chars: expected an integer"),
-        ({"tasks_per_passage": 0}, "options.tasks_per_passage: expected an integer from 1"),
-        ({"passages": 3}, "data.builders.reading.options: unknown option 'passages'"),
+        (
+            {"passage_chars": 10},
+            "data.builders.reading.options: option 'passage_chars': input should be greater",
+        ),
+        (
+            {"tasks_per_passage": 0},
+            "option 'tasks_per_passage': input should be greater than or equal to 1",
+        ),
+        ({"passages": 3}, "data.builders.reading.options: unknown key 'passages'"),
         ({"taxonomy": "commercial_contracts", "categories": ["nope"]}, "categories: unknown"),
     ],
 )

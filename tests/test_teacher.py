@@ -341,11 +341,13 @@ def test_validate_reply_reasons():
 @pytest.mark.parametrize(
     ("opts", "message"),
     [
-        ({"base_url": None}, r"options\.base_url: required"),
-        ({"model": ""}, r"options\.model: required"),
-        ({"prompt": "haiku"}, r"options\.prompt: unknown prompt 'haiku'"),
+        ({"base_url": None}, r"options: option 'base_url': input should be a valid string"),
+        ({"base_url": "ftp://x"}, r"option 'base_url': expected an http\(s\) URL"),
+        ({"model": ""}, r"option 'model': required"),
+        ({"prompt": "haiku"}, r"option 'prompt': unknown prompt 'haiku'"),
         ({"api_key_env": "LEXLORA_TEST_NO_SUCH_KEY"}, "LEXLORA_TEST_NO_SUCH_KEY"),
-        ({"colour": 1}, r"unknown option 'colour'"),
+        ({"colour": 1}, r"unknown key 'colour'"),
+        ({"max_chunks": 0, "retries": True}, r"option 'max_chunks'.*; option 'retries'"),
     ],
 )
 def test_bad_options_are_one_line_errors(tmp_path, opts, message):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from lexlora.config_errors import describe
+from lexlora.config_errors import validated
 from lexlora.corpora.document import CorpusReadReport, Document
 from lexlora.errors import LexloraError
 from lexlora.io import read_jsonl, write_jsonl
@@ -47,12 +47,7 @@ def corpus_manifest(name: str) -> CorpusManifest:
     if not path.is_file():
         raise LexloraError(f"unknown corpus '{name}'; known corpora: {', '.join(list_corpora())}")
     raw = read_yaml(path, "corpus manifest")
-    try:
-        return CorpusManifest.model_validate(raw)
-    except ValidationError as exc:
-        raise LexloraError(
-            f"{path}: invalid corpus manifest: {describe(exc, CorpusManifest)}"
-        ) from None
+    return validated(CorpusManifest, raw, f"{path}: invalid corpus manifest")
 
 
 def ensure_installed(manifest: CorpusManifest) -> None:

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lexlora.artifacts.manifest import DataManifest
 from lexlora.artifacts.pairs import KNOWLEDGE_LABEL, KNOWLEDGE_PRESENCE
-from lexlora.config_errors import describe
+from lexlora.config_errors import validated
 from lexlora.errors import LexloraError
 from lexlora.io import read_jsonl
 from lexlora.recipe import REPO_ROOT
@@ -176,10 +176,7 @@ def read_rows(path: Path, model: type[Row], unique: tuple[str, ...] = ()) -> lis
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                row = model.model_validate_json(line)
-            except ValidationError as exc:
-                raise LexloraError(f"{path}:{lineno}: {describe(exc, model)}") from None
+            row = validated(model, line, f"{path}:{lineno}")
             for name in unique:
                 key = (name, str(getattr(row, name)).strip().lower())
                 if key in seen:
@@ -225,10 +222,7 @@ def load_spec(path: Path) -> EvalSpec:
     if not path.is_file():
         raise LexloraError(f"{path}: no evaluation task definitions (set eval.tasks_file)")
     raw = read_yaml(path, "evaluation spec")
-    try:
-        spec = EvalSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise LexloraError(f"{path}: {describe(exc, EvalSpec)}") from None
+    spec = validated(EvalSpec, raw, str(path))
     for field in ("sanity", "general"):  # relative to the spec's folder
         if getattr(spec, field) is not None:
             setattr(spec, field, str(path.parent / getattr(spec, field)))

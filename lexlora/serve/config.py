@@ -61,12 +61,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from lexlora.config_errors import describe
+from lexlora.config_errors import validated
 from lexlora.errors import LexloraError
 from lexlora.registry import parse_ref, validate_name
 from lexlora.yaml_files import read_yaml
@@ -261,7 +260,4 @@ def load_config(path: Path) -> ServeConfig:
 
 
 def validate_config(raw: dict[str, Any], source: str = "<serve config>") -> ServeConfig:
-    try:
-        return ServeConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise LexloraError(f"{source}: {describe(exc, ServeConfig, noun='key')}") from None
+    return validated(ServeConfig, raw, source, noun="key")

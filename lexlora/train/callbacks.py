@@ -88,6 +88,7 @@ class ProgressCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.bar is not None and logs:
             self.loss = logs.get("loss", self.loss)
+            self.bar.update(loss=self.loss)
             if "eval_loss" in logs:
                 self.bar.print(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
 

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from transformers import GenerationConfig
 
 from lexlora.artifacts.pairs import Pair, make_pair
-from lexlora.config_errors import describe
+from lexlora.config_errors import validated
 from lexlora.errors import LexloraError
 from lexlora.home import lexlora_home
 from lexlora.io import dumps_canonical, read_jsonl, sha256_file, sha256_text, write_jsonl
@@ -103,10 +103,7 @@ def load_prompts(name: str) -> tuple[Path, list[ReplayPrompt]]:
     except LexloraError as exc:  # not JSON lines: say which recipe field named the file
         raise LexloraError(f"{FIELD}: {exc}") from None
     for n, row in enumerate(rows, 1):
-        try:
-            prompt = ReplayPrompt.model_validate(row)
-        except ValidationError as exc:
-            raise LexloraError(f"{FIELD}: {path}:{n}: {describe(exc, ReplayPrompt)}") from None
+        prompt = validated(ReplayPrompt, row, f"{FIELD}: {path}:{n}")
         if prompt.id in seen:
             raise LexloraError(f"{FIELD}: {path}:{n}: duplicate id '{prompt.id}'")
         seen.add(prompt.id)

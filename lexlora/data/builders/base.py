@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
+from lexlora.config_errors import validated
 from lexlora.corpora.document import Document
 from lexlora.data.clause_detect import Detection, detect
 from lexlora.data.clean import flatten
@@ -18,7 +21,6 @@ from lexlora.data.segment import (
     segment_sections,
     split_clauses,
 )
-from lexlora.errors import LexloraError
 from lexlora.recipe import BuilderConfig
 from lexlora.taxonomy import Category
 
@@ -112,31 +114,33 @@ def _raw_length(text: str, start: int, flat_len: int) -> int:
     return i - start
 
 
-def options(cfg: BuilderConfig, builder: str, defaults: dict[str, Any]) -> dict[str, Any]:
-    """The builder's ``options`` merged over its defaults; an unknown option is a user error."""
-    unknown = sorted(set(cfg.options) - set(defaults))
-    if unknown:
-        raise LexloraError(
-            f"data.builders.{builder}.options: unknown option '{unknown[0]}'; "
-            f"expected one of: {', '.join(sorted(defaults)) or 'none'}"
-        )
-    return {**defaults, **cfg.options}
+class BuilderOptions(BaseModel):
+    """The base of every builder's ``options`` schema: an unknown option, or a value of another
+    type, is a one-line error naming ``data.builders.NAME.options.KEY``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def options(cfg: BuilderConfig, builder: str, schema: type[BuilderOptions]) -> dict[str, Any]:
+    """The builder's ``options`` validated by its ``schema``, defaults filled in."""
+    where = f"data.builders.{builder}.options"
+    return validated(schema, cfg.options, where, noun="option").model_dump()
 
 
 def run_options(
     cfg: BuilderConfig,
     ctx: BuildContext,
     builder: str,
-    defaults: dict[str, Any],
+    schema: type[BuilderOptions],
     prepare: Callable[[dict[str, Any], str], None],
 ) -> dict[str, Any]:
-    """The builder's options for this run: merged over ``defaults``, checked and completed by
+    """The builder's options for this run: validated by ``schema``, completed by
     ``prepare(opts, where)`` on first use (``where``: the recipe path for error messages), then
     kept in ``ctx.state`` so every later document reuses them."""
     cached = ctx.state.get(builder)
     if cached is not None:
         return cached
-    opts = options(cfg, builder, defaults)
+    opts = options(cfg, builder, schema)
     prepare(opts, f"data.builders.{builder}.options")
     ctx.state[builder] = opts
     return opts

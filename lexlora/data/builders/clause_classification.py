@@ -11,17 +11,31 @@ by likelihood):
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from lexlora.artifacts.pairs import Pair, make_pair
-from lexlora.data.builders.base import BuildContext, DocumentView, clause_excerpt, options, pick
+from lexlora.data.builders.base import (
+    BuildContext,
+    BuilderOptions,
+    DocumentView,
+    clause_excerpt,
+    options,
+    pick,
+)
 from lexlora.data.segment import split_clauses
 from lexlora.recipe import BuilderConfig
 
 NAME = "clause_classification"
-DEFAULTS = {"label_field": "category", "label_noun": "category", "headings": True}
+
+
+class ClassificationOptions(BuilderOptions):
+    label_field: str = Field("category", description="The document metadata field to predict.")
+    label_noun: str = Field("category", description="What a label is called in the question.")
+    headings: bool = True
 
 
 def build(view: DocumentView, cfg: BuilderConfig, ctx: BuildContext) -> list[Pair]:
-    opts = options(cfg, NAME, DEFAULTS)
+    opts = options(cfg, NAME, ClassificationOptions)
     rng = ctx.rng(view.doc.id, NAME)
     pairs = []
     label = view.doc.metadata.get(opts["label_field"])

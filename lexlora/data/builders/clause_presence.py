@@ -20,9 +20,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import Field
+
 from lexlora.artifacts.pairs import Pair, make_pair
 from lexlora.data.builders.base import (
     BuildContext,
+    BuilderOptions,
     DocumentView,
     clause_excerpt,
     options,
@@ -31,20 +34,20 @@ from lexlora.data.builders.base import (
 from lexlora.data.clause_detect import Detection
 from lexlora.data.clean import flatten
 from lexlora.data.gold import GoldKey, load_gold, score_detector
-from lexlora.errors import LexloraError
 from lexlora.recipe import BuilderConfig
 from lexlora.taxonomy import Taxonomy, check_categories, load_taxonomy
 
 NAME = "clause_presence"
 TASK = "clause_presence"
 CHOICES = ["Yes", "No"]
-DEFAULTS: dict[str, Any] = {
-    "taxonomy": None,
-    "categories": None,
-    "gold": [],
-    "context_chars": 360,
-    "quote_chars": 160,
-}
+
+
+class PresenceOptions(BuilderOptions):
+    taxonomy: str = Field(pattern=r"\S", description="recipes/taxonomies/NAME or a YAML path.")
+    categories: list[str] | None = Field(None, description="A subset of the taxonomy's.")
+    gold: list[str] | str = Field([], description="Gold label files (JSONL) to score against.")
+    context_chars: int = Field(360, ge=40)
+    quote_chars: int = Field(160, ge=40)
 
 
 @dataclass
@@ -174,12 +177,8 @@ def _window(text: str, clause: tuple[int, int], match: tuple[int, int], max_char
 def _run_for(ctx: BuildContext, cfg: BuilderConfig) -> PresenceRun:
     run = ctx.state.get(NAME)
     if run is None:
-        opts = options(cfg, NAME, DEFAULTS)
+        opts = options(cfg, NAME, PresenceOptions)
         where = f"data.builders.{NAME}.options"
-        if not isinstance(opts["taxonomy"], str) or not opts["taxonomy"].strip():
-            raise LexloraError(
-                f"{where}.taxonomy: required (a name in recipes/taxonomies/ or a YAML path)"
-            )
         taxonomy = load_taxonomy(opts["taxonomy"])
         check_categories(taxonomy, opts["categories"], where)
         gold_files = [opts["gold"]] if isinstance(opts["gold"], str) else list(opts["gold"])
@@ -187,9 +186,6 @@ def _run_for(ctx: BuildContext, cfg: BuilderConfig) -> PresenceRun:
         for text in gold_files:
             path, labels = load_gold(text)
             gold[path.name] = labels
-        for key in ("context_chars", "quote_chars"):
-            if not isinstance(opts[key], int) or opts[key] < 40:
-                raise LexloraError(f"{where}.{key}: expected an integer >= 40, got {opts[key]!r}")
         run = PresenceRun(taxonomy, opts, gold)
         ctx.state[NAME] = run
     return run

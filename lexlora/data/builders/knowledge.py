@@ -33,9 +33,16 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from pydantic import Field, model_validator
+
 from lexlora.artifacts.pairs import KNOWLEDGE_LABEL, KNOWLEDGE_PRESENCE, Pair, make_pair
-from lexlora.data.builders.base import BuildContext, DocumentView, pick, run_options
-from lexlora.errors import LexloraError
+from lexlora.data.builders.base import (
+    BuildContext,
+    BuilderOptions,
+    DocumentView,
+    pick,
+    run_options,
+)
 from lexlora.recipe import BuilderConfig
 from lexlora.taxonomy import check_categories, load_taxonomy
 
@@ -69,16 +76,23 @@ LABEL_TEMPLATES = (
     "Is {value} the right {noun} for {title}?",
 )
 SUFFIXES = ("Answer Yes or No first.", "Start with Yes or No.", "Yes or no, then explain.")
-DEFAULTS: dict[str, Any] = {
-    "taxonomy": None,
-    "categories": None,
-    "label_field": None,
-    "label_noun": "category",
-    "paraphrases": 3,
-    "fraction": 1.0,
-    "facts_per_document": None,
-    "without_system_prompt": 0.0,
-}
+
+
+class KnowledgeOptions(BuilderOptions):
+    taxonomy: str | None = Field(None, description="Clause facts from these categories.")
+    categories: list[str] | None = None
+    label_field: str | None = Field(None, description="Label facts from this metadata field.")
+    label_noun: str = "category"
+    paraphrases: int = Field(3, ge=1, description="Wordings of each fact.")
+    fraction: float = Field(1.0, gt=0, le=1, description="Share of training documents.")
+    facts_per_document: int | None = Field(None, ge=1)
+    without_system_prompt: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _some_facts(self) -> KnowledgeOptions:
+        if self.taxonomy is None and self.label_field is None:
+            raise ValueError("set taxonomy (clause facts), label_field, or both")
+        return self
 
 
 def build(view: DocumentView, cfg: BuilderConfig, ctx: BuildContext) -> list[Pair]:
@@ -154,29 +168,11 @@ def _ask(template: str, title: str, taxonomy, category: str, task: str, opts: di
 
 def _options(cfg: BuilderConfig, ctx: BuildContext) -> dict[str, Any]:
     """The builder's options, validated once per run (the taxonomy loaded with them)."""
-    return run_options(cfg, ctx, NAME, DEFAULTS, _prepare)
+    return run_options(cfg, ctx, NAME, KnowledgeOptions, _prepare)
 
 
 def _prepare(opts: dict[str, Any], where: str) -> None:
     """Check the options; add what later documents reuse (loaded taxonomy, run counters)."""
-    if opts["taxonomy"] is None and opts["label_field"] is None:
-        raise LexloraError(f"{where}: set taxonomy (clause facts), label_field, or both")
     taxonomy = load_taxonomy(opts["taxonomy"]) if opts["taxonomy"] is not None else None
     check_categories(taxonomy, opts["categories"], where)
-    paraphrases = opts["paraphrases"]
-    if not isinstance(paraphrases, int) or isinstance(paraphrases, bool) or paraphrases < 1:
-        raise LexloraError(f"{where}.paraphrases: expected an integer >= 1, got {paraphrases!r}")
-    fraction = opts["fraction"]
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
-        raise LexloraError(f"{where}.fraction: expected a number in (0, 1], got {fraction!r}")
-    facts = opts["facts_per_document"]
-    if facts is not None and (not isinstance(facts, int) or isinstance(facts, bool) or facts < 1):
-        raise LexloraError(f"{where}.facts_per_document: expected an integer >= 1, got {facts!r}")
-    share = opts["without_system_prompt"]
-    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
-        raise LexloraError(
-            f"{where}.without_system_prompt: expected a number in [0, 1], got {share!r}"
-        )
-    if opts["label_field"] is not None and not isinstance(opts["label_field"], str):
-        raise LexloraError(f"{where}.label_field: expected a metadata field name")
     opts["_taxonomy"] = taxonomy

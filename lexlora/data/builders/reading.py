@@ -38,9 +38,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import Field
+
 from lexlora.artifacts.pairs import Pair, make_text_row
 from lexlora.data.builders.base import (
     BuildContext,
+    BuilderOptions,
     DocumentView,
     clause_excerpt,
     pick,
@@ -49,7 +52,6 @@ from lexlora.data.builders.base import (
 from lexlora.data.clause_detect import detect
 from lexlora.data.clean import flatten
 from lexlora.data.segment import split_clauses
-from lexlora.errors import LexloraError
 from lexlora.recipe import BuilderConfig
 from lexlora.taxonomy import Taxonomy, check_categories, load_taxonomy
 
@@ -60,12 +62,15 @@ MIN_COMPLETION_WORDS = 8
 MAX_COMPLETION_WORDS = 60
 QUOTE_CHARS = 200
 _PARAGRAPH = re.compile(r"\n\s*\n")
-DEFAULTS: dict[str, Any] = {
-    "passage_chars": 700,
-    "tasks_per_passage": 3,
-    "taxonomy": None,
-    "categories": None,
-}
+
+
+class ReadingOptions(BuilderOptions):
+    passage_chars: int = Field(700, ge=100, le=100_000)
+    tasks_per_passage: int = Field(3, ge=1, le=50)
+    taxonomy: str | None = Field(None, description="Adds clause-presence tasks.")
+    categories: list[str] | None = None
+
+
 Span = tuple[int, int]
 
 
@@ -250,17 +255,11 @@ def _choose(rng: random.Random, candidates: list[list[Task]], k: int) -> list[Ta
 
 def _options(cfg: BuilderConfig, ctx: BuildContext) -> dict[str, Any]:
     """The builder's options, validated once per run (the taxonomy loaded with them)."""
-    return run_options(cfg, ctx, NAME, DEFAULTS, _prepare)
+    return run_options(cfg, ctx, NAME, ReadingOptions, _prepare)
 
 
 def _prepare(opts: dict[str, Any], where: str) -> None:
     """Check the options; add what later documents reuse (loaded taxonomy, run counters)."""
-    for key, low, high in (("passage_chars", 100, 100_000), ("tasks_per_passage", 1, 50)):
-        value = opts[key]
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise LexloraError(
-                f"{where}.{key}: expected an integer from {low} to {high}, got {value!r}"
-            )
     taxonomy = load_taxonomy(opts["taxonomy"]) if opts["taxonomy"] is not None else None
     check_categories(taxonomy, opts["categories"], where)
     opts["_taxonomy"] = taxonomy

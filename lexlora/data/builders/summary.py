@@ -8,17 +8,30 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from lexlora.artifacts.pairs import Pair, make_pair
-from lexlora.data.builders.base import BuildContext, DocumentView, clause_excerpt, options, pick
+from lexlora.data.builders.base import (
+    BuildContext,
+    BuilderOptions,
+    DocumentView,
+    clause_excerpt,
+    options,
+    pick,
+)
 from lexlora.data.segment import split_clauses
 from lexlora.recipe import BuilderConfig
 
 NAME = "summary"
-DEFAULTS = {"card": "This document is titled {title}.", "headings": True}
+
+
+class SummaryOptions(BuilderOptions):
+    card: str = Field("This document is titled {title}.", description="{field}s of the metadata.")
+    headings: bool = True
 
 
 def build(view: DocumentView, cfg: BuilderConfig, ctx: BuildContext) -> list[Pair]:
-    opts = options(cfg, NAME, DEFAULTS)
+    opts = options(cfg, NAME, SummaryOptions)
     rng = ctx.rng(view.doc.id, NAME)
     pairs = []
     card = _card(opts["card"], view)

@@ -19,38 +19,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, field_validator
+
 from lexlora.artifacts.pairs import Pair, make_pair
-from lexlora.data.builders.base import BuildContext, DocumentView, clause_excerpt, options
+from lexlora.data.builders.base import (
+    BuildContext,
+    BuilderOptions,
+    DocumentView,
+    clause_excerpt,
+    options,
+)
 from lexlora.data.segment import split_clauses
 from lexlora.data.teacher_client import (
     TeacherClient,
     TeacherSettings,
     resolve_api_key,
 )
-from lexlora.errors import LexloraError
 from lexlora.progress import Bar
 from lexlora.recipe import PII_TYPES, BuilderConfig
 
 NAME = "teacher"
-DEFAULTS: dict[str, Any] = {
-    "base_url": None,
-    "model": None,
-    "api_key_env": None,
-    "pairs_per_chunk": 3,
-    "max_chunks": 4,
-    "chunk_chars": 1200,
-    "temperature": 0.0,
-    "prompt": "legal_qa",
-    "max_requests": None,
-    "max_tokens_budget": None,
-    "max_tokens": 512,
-    "concurrency": 4,
-    "cache_dir": None,
-    "timeout": 60.0,
-    "retries": 3,
-    "retry_backoff": 1.0,
-    "min_support": 0.5,
-}
 
 PROMPT_VERSION = 1
 PROMPTS = {
@@ -72,6 +60,51 @@ PROMPTS = {
         '"answer".\n\nClause:\n"""\n{chunk}\n"""'
     ),
 }
+
+
+class TeacherOptions(BuilderOptions):
+    """``data.builders.teacher.options``: the teacher endpoint, how documents are cut into
+    chunks, the prompt, and the run's budget."""
+
+    base_url: str = Field(description="The teacher's OpenAI-compatible base URL.")
+    model: str = Field(description="The teacher model's name at that endpoint.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the key.")
+    pairs_per_chunk: int = Field(3, ge=1)
+    max_chunks: int = Field(4, ge=1, description="Chunks asked per document.")
+    chunk_chars: int = Field(1200, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    prompt: str = "legal_qa"
+    max_requests: int | None = Field(None, ge=0, description="Budget: requests in the run.")
+    max_tokens_budget: int | None = Field(None, ge=0, description="Budget: completion tokens.")
+    max_tokens: int = Field(512, ge=1, description="Completion tokens per request.")
+    concurrency: int = Field(4, ge=1)
+    cache_dir: str | None = Field(None, description="Default: LEXLORA_HOME/teacher-cache.")
+    timeout: float = Field(60.0, ge=0)
+    retries: int = Field(3, ge=0)
+    retry_backoff: float = Field(1.0, ge=0)
+    min_support: float = Field(0.5, ge=0, description="Share of an answer's words in the chunk.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://\S+", value.strip()):
+            raise ValueError("expected an http(s) URL")
+        return value.strip()
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("required (the teacher model's name at base_url)")
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _known_prompt(cls, value: str) -> str:
+        if value not in PROMPTS:
+            raise ValueError(f"unknown prompt {value!r}; expected one of: {', '.join(PROMPTS)}")
+        return value
+
 
 PLACEHOLDER = re.compile(r"\[(?:" + "|".join(PII_TYPES) + r")\]")
 _QA_LINE = re.compile(
@@ -268,32 +301,7 @@ def _run_for(ctx: BuildContext, cfg: BuilderConfig) -> TeacherRun:
 
 
 def _validated(cfg: BuilderConfig) -> dict[str, Any]:
-    opts = options(cfg, NAME, DEFAULTS)
-    where = f"data.builders.{NAME}.options"
-    for key in ("base_url", "model"):
-        if not isinstance(opts[key], str) or not opts[key].strip():
-            raise LexloraError(f"{where}.{key}: required (the teacher's OpenAI-compatible {key})")
-    if not re.match(r"^https?://", opts["base_url"]):
-        raise LexloraError(f"{where}.base_url: expected an http(s) URL, got '{opts['base_url']}'")
-    if opts["prompt"] not in PROMPTS:
-        raise LexloraError(
-            f"{where}.prompt: unknown prompt '{opts['prompt']}'; expected one of: "
-            f"{', '.join(PROMPTS)}"
-        )
-    positive = ("pairs_per_chunk", "max_chunks", "chunk_chars", "concurrency", "max_tokens")
-    for key in (*positive, "max_requests", "max_tokens_budget"):
-        value = opts[key]
-        if value is None and key not in positive[:4]:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < (key in positive):
-            least = int(key in positive)
-            raise LexloraError(f"{where}.{key}: expected an integer >= {least}, got {value!r}")
-    for key in ("temperature", "timeout", "retry_backoff", "min_support"):
-        if not isinstance(opts[key], int | float) or opts[key] < 0:
-            raise LexloraError(f"{where}.{key}: expected a non-negative number, got {opts[key]!r}")
-    if not isinstance(opts["retries"], int) or opts["retries"] < 0:
-        raise LexloraError(f"{where}.retries: expected a non-negative integer")
-    return opts
+    return options(cfg, NAME, TeacherOptions)
 
 
 def _settings(opts: dict[str, Any]) -> TeacherSettings:
