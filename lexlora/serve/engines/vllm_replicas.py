@@ -56,6 +56,7 @@ from lexlora.serve.engines.base import (
 from lexlora.serve.engines.vllm import PLUGIN_ACTIVE, PROBE_TIMEOUT_S, VllmEngine
 from lexlora.serve.engines.vllm_client import message
 from lexlora.serve.engines.vllm_process import (
+    CLOSED,
     OK,
     ChildServer,
     Supervisor,
@@ -316,7 +317,12 @@ class ReplicatedVllmEngine(VllmEngine):
         headers = self._auth()
         if self._replica_urls:
             self._replicas = [
-                ServedProcess(f"vLLM replica {i}", url, headers=headers)
+                ServedProcess(
+                    f"vLLM replica {i}",
+                    url,
+                    startup_timeout=self._startup_timeout,
+                    headers=headers,
+                )
                 for i, url in enumerate(self._replica_urls)
             ]
         else:
@@ -342,7 +348,12 @@ class ReplicatedVllmEngine(VllmEngine):
                 )
         # the router's /health is 503 while any replica is down: /liveness says it runs
         if self._router_url:
-            self._router = ServedProcess("vllm-router", self._router_url, health_path="/liveness")
+            self._router = ServedProcess(
+                "vllm-router",
+                self._router_url,
+                startup_timeout=self._startup_timeout,
+                health_path="/liveness",
+            )
         else:
             port = free_port()
             self._router = ServedProcess(
@@ -388,7 +399,7 @@ class ReplicatedVllmEngine(VllmEngine):
         )
 
     async def close(self) -> None:
-        self._state = "closed"
+        self._state = CLOSED
         for task in self._watches:
             task.cancel()
         for task in self._watches:
