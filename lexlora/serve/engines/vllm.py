@@ -152,7 +152,7 @@ class VllmEngine(Engine):
         self._flights = Flights()
         self._base_scores_batch = False
         self._supervisor: Supervisor | None = None
-        self._watch: asyncio.Task | None = None
+        self._watches: list[asyncio.Task] = []  # the supervisors' tasks
         self._state = STARTING
         self._running = 0
         self._peak = 0
@@ -238,7 +238,7 @@ class VllmEngine(Engine):
     def _watch_servers(self) -> None:
         """Start watching the server (restarting a dead child, noticing one that is back)."""
         self._supervisor = Supervisor(_Handle(self), self._on_down, **self._supervision)
-        self._watch = asyncio.create_task(self._supervisor.run())
+        self._watches = [asyncio.create_task(self._supervisor.run())]
 
     async def _launch(self) -> None:
         """Start the child (or connect to the attached server) and wait until it serves."""
@@ -324,19 +324,24 @@ class VllmEngine(Engine):
 
     async def close(self) -> None:
         self._state = CLOSED
-        if self._watch is not None:
-            self._watch.cancel()
+        for task in self._watches:
+            task.cancel()
+        for task in self._watches:
             with contextlib.suppress(BaseException):
-                await self._watch
-            self._watch = None
+                await task
+        self._watches = []
         self._flights.fail_all(lambda: EngineUnavailable("the vLLM engine is shutting down"))
         await self._drop_client()
-        if self._child is not None:
-            await asyncio.to_thread(self._child.stop)
+        await self._stop_servers()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
         self._adapters.clear()
+
+    async def _stop_servers(self) -> None:
+        """Stop what the engine started (the child; nothing when attached)."""
+        if self._child is not None:
+            await asyncio.to_thread(self._child.stop)
 
     def health(self) -> dict[str, Any]:
         mode = "attached" if self._attached_url else "child"

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import os
 import re
@@ -56,7 +55,6 @@ from lexlora.serve.engines.base import (
 from lexlora.serve.engines.vllm import PLUGIN_ACTIVE, PROBE_TIMEOUT_S, VllmEngine
 from lexlora.serve.engines.vllm_client import message
 from lexlora.serve.engines.vllm_process import (
-    CLOSED,
     OK,
     ChildServer,
     Supervisor,
@@ -261,7 +259,6 @@ class ReplicatedVllmEngine(VllmEngine):
         self._dir: AdapterDirectory | None = None
         self._private_dir: Path | None = None
         self._supervisors: list[Supervisor] = []  # one per replica (the router's: _supervisor)
-        self._watches: list[asyncio.Task] = []
 
     def _find_python(self, python: Path | None, url: str | None) -> Path | None:
         return find_vllm_python(python) if self._wants_python else None
@@ -398,25 +395,13 @@ class ReplicatedVllmEngine(VllmEngine):
             f"[{r.label}]\n{r.output_tail(lines)}" for r in [*self._replicas, self._router] if r
         )
 
-    async def close(self) -> None:
-        self._state = CLOSED
-        for task in self._watches:
-            task.cancel()
-        for task in self._watches:
-            with contextlib.suppress(BaseException):
-                await task
-        self._watches = []
-        self._flights.fail_all(lambda: EngineUnavailable("the vLLM engine is shutting down"))
-        await self._drop_client()
+    async def _stop_servers(self) -> None:
+        """The router and the replicas lexlora started, and its private adapter folder."""
         servers = [s for s in (self._router, *self._replicas) if s is not None]
         await asyncio.gather(*(s.stop() for s in servers))
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
         if self._private_dir is not None:
             shutil.rmtree(self._private_dir, ignore_errors=True)
             self._private_dir = None
-        self._adapters.clear()
 
     def health(self) -> dict[str, Any]:
         mode = "attached replicas" if self._replica_urls else "replicas"
